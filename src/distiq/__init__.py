@@ -1,3 +1,31 @@
-"""distiq: distill, prune and quantize neural networks, export real int8 ONNX, measure what was kept."""
+"""distiq: distill, prune and quantize neural networks, export real int8 ONNX, measure what was kept.
+
+``import distiq as dq``; the public names are listed in ``__all__`` (and in the shared API.md).
+"""
+
+from . import data, models
+from .distill import functional as losses
+from .distill.api import distill
+from .engine.train import TrainResult, train
+from .engine.weights import load_model, load_weights, save_weights
+from .errors import DataError, DistiqError
+from .evaluate.api import evaluate
+from .registry import Registry
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "DistiqError",
+    "Registry",
+    "TrainResult",
+    "data",
+    "distill",
+    "evaluate",
+    "load_model",
+    "load_weights",
+    "losses",
+    "models",
+    "save_weights",
+    "train",
+]

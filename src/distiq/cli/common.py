@@ -1,0 +1,96 @@
+"""Options every training command shares (data, model, training, output) and what they resolve to."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from rich.console import Console
+
+from distiq import data as dqdata
+from distiq.data.arrays import ArrayDataset
+from distiq.engine.config import TrainConfig
+from distiq.errors import DistiqError
+from distiq.io import write_json_atomic
+
+console = Console(stderr=True)
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from a Google-style ``Attributes:`` docstring section."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)[-1]
+    found: dict[str, str] = {}
+    for m in re.finditer(r"^\s{4,8}(\w+): (.+?)(?=^\s{4,8}\w+: |\Z)", doc, re.S | re.M):
+        found[m.group(1)] = " ".join(m.group(2).split())
+    return found
+
+
+class DataOptions(BaseModel):
+    """Where the data come from."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str = Field("fashion-mnist", description="Dataset name (fashion-mnist, digits), .npz file or folder.")
+    data_root: str | None = Field(None, description="Folder of the dataset's files (overrides the default).")
+    subsample: float | None = Field(
+        None, description="Keep this many training samples (>1) or this fraction (<=1), stratified."
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of training data held out.")
+    data_seed: int = Field(0, description="Seed of the subsample and validation split.")
+
+
+_docs = _attribute_docs(TrainConfig)
+_hints = typing.get_type_hints(TrainConfig)
+TrainingOptions = create_model(
+    "TrainingOptions",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        f.name: (_hints[f.name], Field(f.default, description=_docs.get(f.name, f.name)))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("checkpoint_dir", "log_path")
+    },
+)
+
+
+def training_config(opts: BaseModel, out: Path) -> dict[str, Any]:
+    """TrainConfig keyword options from command options, with checkpoints and log under ``out``."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in opts.model_dump().items() if k in names}
+    kwargs.update(checkpoint_dir=str(out / "checkpoint"), log_path=str(out / "metrics.jsonl"))
+    return kwargs
+
+
+def load_dataset(spec: str, split: str, root: str | None = None) -> ArrayDataset | None:
+    """A dataset by name, ``.npz`` path or image folder; ``None`` for a file's missing test split."""
+    if spec in dqdata.names():
+        return dqdata.load(spec, split=split, root=root)
+    path = Path(spec)
+    if not path.exists():
+        raise DistiqError(f"data: {spec!r} is neither a dataset ({', '.join(dqdata.names())}) nor a path")
+    if split == "test":
+        return None
+    return dqdata.load_npz(path) if path.suffix == ".npz" else dqdata.load_folder(path)
+
+
+def prepare_data(opts: Any) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset | None]:
+    """Train, validation and test sets as the options describe."""
+    full = load_dataset(opts.data, "train", opts.data_root)
+    if opts.subsample is not None:
+        n = int(opts.subsample) if opts.subsample > 1 else opts.subsample
+        full = dqdata.subsample(full, n, seed=opts.data_seed)
+    train, val = (full, None)
+    if opts.val_fraction > 0:
+        train, val = dqdata.split(full, opts.val_fraction, seed=opts.data_seed)
+    return train, val, load_dataset(opts.data, "test", opts.data_root)
+
+
+def save_summary(out: Path, summary: dict) -> Path:
+    """Write ``summary.json`` in ``out`` and print where the results are."""
+    path = write_json_atomic(out / "summary.json", summary)
+    console.print(json.dumps(summary.get("test") or summary.get("val") or {}, indent=None))
+    console.print(f"results in [bold]{out}[/bold]")
+    return path

@@ -1,0 +1,67 @@
+"""``distiq distill``: train a student from a saved teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from distiq.distill.api import distill
+from distiq.engine.weights import load_model, save_weights
+from distiq.evaluate.api import evaluate
+from distiq.models import create
+
+from .common import DataOptions, TrainingOptions, prepare_data, save_summary, training_config
+
+
+class DistillOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
+    """Options of ``distiq distill``."""
+
+    teacher: Path = Field(description="Teacher weights (.safetensors written by distiq train).")
+    student: str = Field("mlp", description="Student: registered model name or package.module:factory.")
+    student_options: dict = Field(default_factory=dict, description="Keyword options of the student.")
+    loss: str = Field("kd", description="Logit loss: kd, mse, hard-kd, dkd.")
+    temperature: float = Field(4.0, gt=0, description="Softening temperature.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term (1-alpha: CE).")
+    loss_options: dict = Field(default_factory=dict, description="Extra options of the logit loss.")
+    features: list[dict] = Field(
+        default_factory=list, description="Feature terms: {kind, student, teacher, weight}."
+    )
+    offline: bool = Field(False, description="Cache the teacher's logits once and reuse them.")
+    freeze: list[str] = Field(default_factory=list, description="Student layers not to train.")
+    init_from_teacher: bool = Field(False, description="Copy matching teacher weights first.")
+    out: Path = Field(Path("runs/distill"), description="Output folder.")
+
+
+def run_distill(opts: DistillOptions) -> dict:
+    """Distill, save the student and ``summary.json`` in ``opts.out``; return the summary."""
+    train_set, val_set, test_set = prepare_data(opts)
+    teacher = load_model(opts.teacher)
+    student = create(
+        opts.student,
+        num_classes=train_set.num_classes,
+        in_channels=train_set.input_shape[0],
+        image_size=train_set.input_shape[1],
+        **opts.student_options,
+    )
+    result = distill(
+        teacher, student, train_set, val_set,
+        loss=opts.loss, temperature=opts.temperature, alpha=opts.alpha,
+        loss_options=opts.loss_options, features=opts.features, offline=opts.offline,
+        cache_dir=opts.out / "teacher-cache" if opts.offline else None,
+        freeze=opts.freeze or None, init_from_teacher=opts.init_from_teacher,
+        **training_config(opts, opts.out),
+    )
+    save_weights(student, opts.out / "model.safetensors")
+    summary = {
+        "command": "distill",
+        "options": opts.model_dump(mode="json"),
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "val": evaluate(student, val_set) if val_set is not None else None,
+        "test": evaluate(student, test_set) if test_set is not None else None,
+        "teacher_test": evaluate(teacher, test_set) if test_set is not None else None,
+    }
+    save_summary(opts.out, summary)
+    return summary

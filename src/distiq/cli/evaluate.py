@@ -1,0 +1,37 @@
+"""``distiq evaluate``: metrics of saved weights or an ONNX file on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distiq.engine.weights import load_model
+from distiq.errors import DistiqError
+from distiq.evaluate.api import evaluate
+
+from .common import load_dataset
+
+
+class EvaluateOptions(BaseModel):
+    """Options of ``distiq evaluate``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Path = Field(description="Weights (.safetensors from distiq) or an .onnx file.")
+    data: str = Field("fashion-mnist", description="Dataset name, .npz file or image folder.")
+    data_root: str | None = Field(None, description="Folder of the dataset's files.")
+    split: str = Field("test", description="Split to evaluate: train or test.")
+    metrics: list[str] = Field(["accuracy", "f1_macro"], description="Metric names.")
+    batch_size: int = Field(256, ge=1, description="Inference batch size.")
+
+
+def run_evaluate(opts: EvaluateOptions) -> dict:
+    """Evaluate and print the metrics as JSON on stdout."""
+    data = load_dataset(opts.data, opts.split, opts.data_root)
+    if data is None:
+        raise DistiqError(f"data: {opts.data} has no {opts.split!r} split")
+    model = opts.model if opts.model.suffix == ".onnx" else load_model(opts.model)
+    result = evaluate(model, data, opts.metrics, batch_size=opts.batch_size)
+    print(json.dumps(result))
+    return result

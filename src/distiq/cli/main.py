@@ -1,0 +1,56 @@
+"""The ``distiq`` command line (also ``python -m distiq``).
+
+Exit codes: 0 success; 2 bad input (one clear line on stderr); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from distiq.errors import DistiqError
+
+from .distill import DistillOptions, run_distill
+from .evaluate import EvaluateOptions, run_evaluate
+from .options import command
+from .train import TrainOptions, run_train
+
+app = typer.Typer(
+    name="distiq",
+    help="Distill, prune and quantize neural networks; export int8 ONNX; measure what was kept.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+command(app, "train", TrainOptions, "Train a model (a teacher or a baseline) on a dataset.")(run_train)
+command(app, "distill", DistillOptions, "Distill a saved teacher into a student.")(run_distill)
+command(app, "evaluate", EvaluateOptions, "Evaluate saved weights or an ONNX file.")(run_evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DistiqError as e:
+        print(f"distiq: error: {e}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("distiq: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if os.environ.get("DISTIQ_DEBUG"):
+            raise
+        print(f"distiq: internal error: {type(e).__name__}: {e} (set DISTIQ_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+    return 0

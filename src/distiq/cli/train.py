@@ -1,0 +1,47 @@
+"""``distiq train``: train a model from scratch (a teacher, or a baseline student)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from distiq.engine.train import train
+from distiq.engine.weights import save_weights
+from distiq.evaluate.api import evaluate
+from distiq.models import create
+
+from .common import DataOptions, TrainingOptions, prepare_data, save_summary, training_config
+
+
+class TrainOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
+    """Options of ``distiq train``."""
+
+    model: str = Field("lenet5", description="Registered model name or package.module:factory.")
+    model_options: dict = Field(default_factory=dict, description="Keyword options of the model.")
+    out: Path = Field(Path("runs/train"), description="Output folder (weights, log, checkpoint).")
+
+
+def run_train(opts: TrainOptions) -> dict:
+    """Train, save ``model.safetensors`` and ``summary.json`` in ``opts.out``; return the summary."""
+    train_set, val_set, test_set = prepare_data(opts)
+    model = create(
+        opts.model,
+        num_classes=train_set.num_classes,
+        in_channels=train_set.input_shape[0],
+        image_size=train_set.input_shape[1],
+        **opts.model_options,
+    )
+    result = train(model, train_set, val_set, **training_config(opts, opts.out))
+    save_weights(model, opts.out / "model.safetensors")
+    summary = {
+        "command": "train",
+        "options": opts.model_dump(mode="json"),
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "val": evaluate(model, val_set) if val_set is not None else None,
+        "test": evaluate(model, test_set) if test_set is not None else None,
+    }
+    save_summary(opts.out, summary)
+    return summary
