@@ -25,9 +25,15 @@ def data(n=240, seed=0):
 def convnet(width: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.1), nn.Linear(width * 4, 4),
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(width * 4, 4),
     )
 
 
@@ -39,9 +45,18 @@ def run_distill(student, ckpt, on_epoch_end=None):
     teacher = convnet(16, seed=1)
     train(teacher, data(), epochs=2, progress=False)
     return distill(
-        teacher, student, data(), data(80, seed=3), loss="kd", alpha=0.7, epochs=4,
+        teacher,
+        student,
+        data(),
+        data(80, seed=3),
+        loss="kd",
+        alpha=0.7,
+        epochs=4,
         features=[{"kind": "hint", "student": "3", "teacher": "3", "weight": 0.5}],
-        checkpoint_dir=str(ckpt), progress=False, batch_size=32, on_epoch_end=on_epoch_end,
+        checkpoint_dir=str(ckpt),
+        progress=False,
+        batch_size=32,
+        on_epoch_end=on_epoch_end,
     )
 
 

@@ -34,7 +34,9 @@ class DataOptions(BaseModel):
     """Where the data come from."""
 
     model_config = ConfigDict(extra="forbid")
-    data: str = Field("fashion-mnist", description="Dataset name (fashion-mnist, digits), .npz file or folder.")
+    data: str = Field(
+        "fashion-mnist", description="Dataset name (fashion-mnist, digits), .npz file or folder."
+    )
     data_root: str | None = Field(None, description="Folder of the dataset's files (overrides the default).")
     subsample: float | None = Field(
         None, description="Keep this many training samples (>1) or this fraction (<=1), stratified."

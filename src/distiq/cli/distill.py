@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from distiq.distill.api import distill
@@ -37,6 +38,7 @@ def run_distill(opts: DistillOptions) -> dict:
     """Distill, save the student and ``summary.json`` in ``opts.out``; return the summary."""
     train_set, val_set, test_set = prepare_data(opts)
     teacher = load_model(opts.teacher)
+    torch.manual_seed(opts.seed)  # the initial weights are part of a reproducible run
     student = create(
         opts.student,
         num_classes=train_set.num_classes,
@@ -45,11 +47,19 @@ def run_distill(opts: DistillOptions) -> dict:
         **opts.student_options,
     )
     result = distill(
-        teacher, student, train_set, val_set,
-        loss=opts.loss, temperature=opts.temperature, alpha=opts.alpha,
-        loss_options=opts.loss_options, features=opts.features, offline=opts.offline,
+        teacher,
+        student,
+        train_set,
+        val_set,
+        loss=opts.loss,
+        temperature=opts.temperature,
+        alpha=opts.alpha,
+        loss_options=opts.loss_options,
+        features=opts.features,
+        offline=opts.offline,
         cache_dir=opts.out / "teacher-cache" if opts.offline else None,
-        freeze=opts.freeze or None, init_from_teacher=opts.init_from_teacher,
+        freeze=opts.freeze or None,
+        init_from_teacher=opts.init_from_teacher,
         **training_config(opts, opts.out),
     )
     save_weights(student, opts.out / "model.safetensors")

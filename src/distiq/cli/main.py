@@ -42,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("distiq: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
+    except Exception as e:
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()  # a usage error from typer's parser: it prints itself, exit code 2
             return e.exit_code
         if os.environ.get("DISTIQ_DEBUG"):
             raise
-        print(f"distiq: internal error: {type(e).__name__}: {e} (set DISTIQ_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"distiq: internal error: {type(e).__name__}: {e} (set DISTIQ_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -92,9 +92,12 @@ def command(app: typer.Typer, name: str, model: type[BaseModel], help: str):
             flag = "--" + field.replace("_", "-")
             if kind is bool:
                 flag = f"{flag}/--no-{field.replace('_', '-')}"
-            opt = typer.Option(None, flag, help=f"{info.description} [default: {default}]", show_default=False)
-            params.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                            annotation=kind | None))
+            opt = typer.Option(
+                None, flag, help=f"{info.description} [default: {default}]", show_default=False
+            )
+            params.append(
+                inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind | None)
+            )
 
         def wrapper(**kwargs: Any) -> None:
             config = kwargs.pop("config")

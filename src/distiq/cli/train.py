@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from distiq.engine.train import train
@@ -25,6 +26,7 @@ class TrainOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-ty
 def run_train(opts: TrainOptions) -> dict:
     """Train, save ``model.safetensors`` and ``summary.json`` in ``opts.out``; return the summary."""
     train_set, val_set, test_set = prepare_data(opts)
+    torch.manual_seed(opts.seed)  # the initial weights are part of a reproducible run
     model = create(
         opts.model,
         num_classes=train_set.num_classes,

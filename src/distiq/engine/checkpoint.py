@@ -51,9 +51,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    directory: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict
-) -> Path:
+def save_checkpoint(directory: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write ``tensors`` and ``meta`` as the directory's current checkpoint; drop the old one."""
     directory = Path(directory)
     previous = _current(directory)

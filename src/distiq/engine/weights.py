@@ -24,9 +24,7 @@ def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def save_weights(
-    model: nn.Module, path: str | os.PathLike[str], metadata: dict | None = None
-) -> Path:
+def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: dict | None = None) -> Path:
     """Write ``model``'s weights (and its ``config``, if any) to a safetensors file, atomically."""
     meta = {"format": "distiq-weights"}
     config = getattr(model, "config", None)

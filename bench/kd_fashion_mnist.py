@@ -1,0 +1,141 @@
+"""Knowledge distillation on Fashion-MNIST: does the teacher help a small student, and at what cost?
+
+A CNN teacher (vgg-small) is trained once; then the same small CNN student is trained with the same
+epochs, optimiser and data in five ways — from scratch, online KD, DKD, FitNets hints (+KD) and
+offline KD from cached teacher logits — for 3 seeds. Prints mean ± std test accuracy and the median
+seconds per training epoch, with each method's time relative to the student trained alone.
+
+    .venv/bin/python bench/kd_fashion_mnist.py            # full run (writes bench/out/kd.md)
+    .venv/bin/python bench/kd_fashion_mnist.py --quick    # smoke run on a subsample
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import distiq as dq
+from distiq.data import split, subsample
+from distiq.engine.weights import load_model
+
+OUT = Path(__file__).parent / "out"
+TEACHER = dict(name="vgg-small", width=0.5)
+STUDENT = dict(name="vgg-small", width=0.125, depth=3)
+HINT = {"kind": "hint", "student": "features.relu3", "teacher": "features.relu5", "weight": 1.0}
+
+METHODS = {
+    "scratch": None,
+    "kd": dict(loss="kd", temperature=4.0, alpha=0.9),
+    "dkd": dict(loss="dkd", temperature=4.0, alpha=0.5, loss_options={"alpha": 1.0, "beta": 2.0}),
+    "hint+kd": dict(loss="kd", temperature=4.0, alpha=0.9, features=[HINT]),
+    "offline-kd": dict(loss="kd", temperature=4.0, alpha=0.9, offline=True),
+}
+
+
+def make(spec: dict, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    return dq.models.create(spec["name"], num_classes=10, in_channels=1, image_size=28, **opts)
+
+
+def get_teacher(train, val, epochs: int) -> torch.nn.Module:
+    path = OUT / "kd" / "teacher.safetensors"
+    if path.exists():
+        return load_model(path)
+    teacher = make(TEACHER, seed=0)
+    dq.train(
+        teacher,
+        train,
+        val,
+        epochs=epochs,
+        lr=2e-3,
+        batch_size=128,
+        progress=True,
+        checkpoint_dir=str(OUT / "kd" / "teacher-ckpt"),
+    )
+    dq.save_weights(teacher, path)
+    return teacher
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5, help="student epochs")
+    ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 keeps timings stable on a shared 2-core machine)",
+    )
+    ap.add_argument("--transfer", type=int, default=60000, help="training samples for the student")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    full, test = dq.data.load("fashion-mnist", "train"), dq.data.load("fashion-mnist", "test")
+    train, val = split(full, 5000 / len(full), seed=0)
+    if args.quick:
+        train, test = subsample(train, 3000), subsample(test, 1000)
+        args.seeds, args.epochs, args.teacher_epochs = 1, 2, 2
+    transfer = subsample(train, args.transfer) if args.transfer < len(train) else train
+    teacher = get_teacher(train, val, args.teacher_epochs)
+    teacher_acc = dq.evaluate(teacher, test)["accuracy"]
+    print(
+        f"teacher {TEACHER}: test accuracy {teacher_acc:.4f}, "
+        f"{dq.models.count_parameters(teacher):,} parameters"
+    )
+
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in METHODS}
+    for seed in range(args.seeds):
+        for method, opts in METHODS.items():  # interleaved, so machine noise hits all methods alike
+            student = make(STUDENT, seed=seed)
+            common = dict(epochs=args.epochs, lr=3e-3, batch_size=128, seed=seed, progress=False)
+            t0 = time.perf_counter()
+            if opts is None:
+                res = dq.train(student, transfer, **common)
+            else:
+                cache = OUT / "kd" / "cache" if opts.get("offline") else None
+                res = dq.distill(teacher, student, transfer, cache_dir=cache, **opts, **common)
+            acc = dq.evaluate(student, test)["accuracy"]
+            results[method].append((acc, res.seconds_per_epoch))
+            print(
+                f"seed {seed} {method:10s} acc {acc:.4f}  {res.seconds_per_epoch:.2f} s/epoch "
+                f"({time.perf_counter() - t0:.0f} s total)",
+                flush=True,
+            )
+            if seed == 0 and method == "kd":
+                dq.save_weights(student, OUT / "kd" / "student-kd-seed0.safetensors")
+
+    base_acc = statistics.mean(a for a, _ in results["scratch"])
+    base_sec = statistics.median(s for _, s in results["scratch"])
+    rows = [
+        "| method | test accuracy (mean ± std) | Δ vs scratch (points) | s/epoch (median) | × scratch |",
+        "|---|---|---|---|---|",
+    ]
+    for method, runs in results.items():
+        accs = [a for a, _ in runs]
+        secs = statistics.median(s for _, s in runs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        rows.append(
+            f"| {method} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | "
+            f"{100 * (statistics.mean(accs) - base_acc):+.2f} | {secs:.2f} | {secs / base_sec:.2f} |"
+        )
+    header = (
+        f"Teacher {TEACHER['name']} (width {TEACHER['width']}): {100 * teacher_acc:.2f}% test accuracy, "
+        f"{dq.models.count_parameters(teacher):,} parameters. Student {STUDENT}: "
+        f"{dq.models.count_parameters(make(STUDENT, 0)):,} parameters; {len(transfer):,} transfer "
+        f"samples, {args.epochs} epochs, Adam lr 3e-3 cosine, batch 128, {args.seeds} seeds."
+    )
+    table = header + "\n\n" + "\n".join(rows) + "\n"
+    print("\n" + table)
+    if not args.quick:
+        (OUT / "kd.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()

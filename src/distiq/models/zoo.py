@@ -1,0 +1,155 @@
+"""The model zoo: one registry of model families, ``create`` by name, and user models by import path.
+
+Why a registry and not a dict of classes: a recipe names its teacher and student ("resnet20",
+"vgg-small" with ``width=0.5``), and a user adds a family of their own in one file of theirs, either
+by decorating a factory with ``@MODELS.register("name")`` or by naming it as
+``"package.module:factory"``; nothing in distiq has to be edited for either.
+
+Every factory takes ``num_classes``, ``in_channels`` and ``image_size`` plus options of its own, and
+every built-in model records ``config`` (its name and every option, resolved to a value) so that a
+checkpoint can rebuild the exact architecture with :func:`create_from_config`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from distiq.errors import DistiqError
+from distiq.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+"""Model factories by name; the families in this package register themselves on import."""
+
+
+def names() -> list[str]:
+    """Registered model names, sorted (user models named by import path are not listed)."""
+    return MODELS.names()
+
+
+def create(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    **options: Any,
+) -> nn.Module:
+    """Build a model by registered name or by ``"package.module:factory"`` import path.
+
+    Args:
+        name: A name from :func:`names` or ``"package.module:factory"``; the factory is called with
+            ``num_classes``, ``in_channels``, ``image_size`` and ``options`` as keywords.
+        num_classes: Size of the output logits.
+        in_channels: Channels of the input images (1 for grey, 3 for colour).
+        image_size: Side of the square input images; every built-in model works from 8 pixels up.
+        **options: Family options (``hidden``, ``width``, ``dropout``, ...).
+
+    Returns:
+        The model, in training mode, with ``config`` recording how to rebuild it.
+
+    Raises:
+        DistiqError: (a ``ValueError``) for an unknown name, an option the family does not take, a
+            bad size, or a user factory that cannot be imported, is not callable or returns no module.
+    """
+    for key, value in (
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("image_size", image_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DistiqError(f"model {name!r}: {key} must be a positive integer, got {value!r}")
+    factory = _load_user_factory(name) if ":" in name else _registered(name)
+    sizes = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    _check_options(name, factory, sizes, options)
+    model = factory(**sizes, **options)
+    if not isinstance(model, nn.Module):
+        raise DistiqError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if not hasattr(model, "config"):
+        # A user model without its own config still gets one, so checkpoints can rebuild it.
+        model.config = dict(name=name, **sizes, **options)
+    return model
+
+
+def create_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from the ``config`` dict a model records (e.g. read back from a checkpoint).
+
+    Args:
+        config: ``{"name": ..., "num_classes": ..., "in_channels": ..., "image_size": ..., **options}``.
+    """
+    if "name" not in config:
+        raise DistiqError(f"model config has no 'name': {dict(config)!r}")
+    rest = {k: v for k, v in config.items() if k != "name"}
+    return create(config["name"], **rest)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements, each shared tensor counted once.
+
+    Args:
+        model: Any module.
+        trainable_only: Count only parameters with ``requires_grad`` (e.g. a student beside a frozen
+            teacher).
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def pool_or_skip(size: int, kernel: int = 2) -> tuple[nn.Module, int]:
+    """A max pool and the image side after it, or ``nn.Identity`` when pooling would empty the image.
+
+    Shared by the conv families so that every model builds for any image size and keeps the same
+    module paths (a skipped pool is still there, as an identity) whatever the size.
+    """
+    if size < kernel:
+        return nn.Identity(), size
+    return nn.MaxPool2d(kernel), size // kernel
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels`` times a width multiplier, rounded, at least 1: how students are made thinner."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
+        raise DistiqError(f"width multiplier must be a positive number, got {width!r}")
+    return max(1, round(channels * width))
+
+
+def _registered(name: str) -> Callable[..., nn.Module]:
+    if name not in MODELS:
+        raise DistiqError(f"unknown model {name!r}; known: {', '.join(MODELS.names())}")
+    return MODELS.get(name)
+
+
+def _load_user_factory(spec: str) -> Callable[..., nn.Module]:
+    """Import ``"package.module:factory"``; any failure names the spec, as recipes are user input."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise DistiqError(f"model {spec!r}: expected 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import runs user code, which may raise anything
+        raise DistiqError(f"model {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise DistiqError(f"model {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise DistiqError(f"model {spec!r}: {attr!r} is not callable")
+    return factory
+
+
+def _check_options(
+    name: str, factory: Callable[..., Any], sizes: dict[str, int], options: dict[str, Any]
+) -> None:
+    """Turn a wrong keyword into one clear line instead of a ``TypeError`` deep in a constructor."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature; let the call decide
+        return
+    try:
+        signature.bind(**sizes, **options)
+    except TypeError as exc:
+        known = [p for p in signature.parameters if p not in sizes]
+        raise DistiqError(f"model {name!r}: {exc}; its options: {', '.join(known) or 'none'}") from None

@@ -1,0 +1,244 @@
+"""Histogram calibrators against independent oracles: KL, percentile, MSE, streaming merges, ORT.
+
+The KL oracle below is written from the algorithm's description (Migacz, "8-bit Inference with
+TensorRT", GTC 2017), not from distiq's code: ``np.histogram`` of ``|x|`` (exact zeros left out, as
+distiq documents), level boundaries by ``ceil(l * i / L)``, prefix sums and ``scipy.stats.entropy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from distiq.quant.calibrate import calibrate
+from distiq.quant.histogram import StreamingHistogram, expected_sq_error
+
+N = 200_000
+
+
+def trt_entropy_threshold(values: np.ndarray, levels: int, bins: int = 2048, start: int = 128):
+    """Reference TensorRT entropy calibration; returns (threshold, bin width)."""
+    a = np.abs(values[values != 0]).astype(np.float64)
+    hist, edges = np.histogram(a, bins=bins, range=(0.0, a.max()))
+    best, best_kl = bins, np.inf
+    for i in range(start, bins + 1):
+        src = hist[:i].astype(np.float64)
+        p = src.copy()
+        p[-1] += hist[i:].sum()  # clipped outliers join the last kept bin
+        bounds = np.ceil(np.arange(levels + 1) * i / levels).astype(int)  # level l: [b_l, b_l+1)
+        csum = np.concatenate([[0.0], np.cumsum(src)])
+        cnz = np.concatenate([[0], np.cumsum(src > 0)])
+        level_sum = csum[bounds[1:]] - csum[bounds[:-1]]
+        level_nonzero = cnz[bounds[1:]] - cnz[bounds[:-1]]
+        owner = np.searchsorted(bounds, np.arange(i), side="right") - 1
+        q = np.where(src > 0, level_sum[owner] / np.maximum(level_nonzero[owner], 1), 0.0)
+        kl = scipy.stats.entropy(p, q)
+        if kl <= best_kl:
+            best, best_kl = i, kl
+    return edges[best], edges[1]
+
+
+def _data(name: str) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(N).astype(np.float32)
+    if name == "gauss":
+        return g
+    if name == "laplace":
+        return rng.laplace(size=N).astype(np.float32)
+    if name == "relu":
+        return np.maximum(g, 0)
+    if name == "outliers":  # 0.01% of values at 20 sigma
+        return np.where(rng.random(N) < 1e-4, 20 * np.sign(g), g).astype(np.float32)
+    if name == "skewed":
+        return (rng.exponential(size=N) - 0.3).astype(np.float32)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "name, bits, symmetric",
+    [
+        ("gauss", 8, True),
+        ("gauss", 4, True),
+        ("laplace", 8, True),
+        ("relu", 8, True),
+        ("relu", 8, False),  # unsigned: 2**bits levels
+        ("outliers", 8, True),
+    ],
+)
+def test_kl_matches_independent_tensorrt_implementation(name, bits, symmetric):
+    x = _data(name)
+    levels = 2 ** (bits - 1) if symmetric else 2**bits
+    expected, width = trt_entropy_threshold(x, levels)
+    qp = calibrate(torch.from_numpy(x), "kl", bits=bits, symmetric=symmetric)
+    assert abs(qp.hi.item() - expected) <= 2 * width
+    assert qp.lo.item() == (-qp.hi.item() if symmetric else 0.0)
+
+
+def test_kl_signed_asymmetric_is_symmetric_search_clipped_to_data():
+    x = _data("gauss") + 0.5
+    sym = calibrate(torch.from_numpy(x), "kl")
+    asym = calibrate(torch.from_numpy(x), "kl", symmetric=False)
+    assert asym.hi.item() == pytest.approx(min(sym.hi.item(), x.max()))
+    assert asym.lo.item() == pytest.approx(max(-sym.hi.item(), x.min()))
+
+
+def test_streaming_histogram_merges_exactly():
+    """After any growth, counts equal one np.histogram of all the data on the final edges."""
+    rng = np.random.default_rng(1)
+    h = StreamingHistogram(bins=256)
+    seen = []
+    for scale, shift in [(0.1, 0.0), (0.3, 0.2), (1.0, -0.5), (0.5, 3.0), (7.0, 0.0), (0.2, 0.0)]:
+        b = (rng.standard_normal(5000) * scale + shift).astype(np.float32)
+        b[:100] = 0.0
+        h.add(torch.from_numpy(b))
+        seen.append(b)
+        allv = np.concatenate(seen).astype(np.float64)
+        ref, _ = np.histogram(allv[allv != 0], bins=h.edges)
+        assert h.zeros == 100 * len(seen)
+        assert np.abs(h.counts - ref).sum() <= 2  # at most a value or two on an edge
+        assert h.counts.sum() == (allv != 0).sum()
+        assert (h.min, h.max) == (allv.min(), allv.max())
+        assert 0.0 in h.edges and h.edges[0] <= allv.min() and h.edges[-1] >= allv.max()
+        assert h.counts.size == 256
+
+
+def test_far_outlier_keeps_the_bin_count_and_every_count():
+    h = StreamingHistogram(bins=64)
+    for batch in ([1e-3, -2e-3, 5e-4], [3e25, -1.0], [-7e30, 0.0]):
+        h.add(torch.tensor(batch))
+    assert h.counts.size == 64 and h.counts.sum() == 6 and h.zeros == 1
+    assert h.edges[0] <= -7e30 and h.edges[-1] >= 3e25
+
+
+def test_streaming_kl_with_range_doubling_equals_single_pass():
+    x = np.clip(_data("gauss"), -3.9, 3.9)
+    first, rest = x[np.abs(x) < 2], x[np.abs(x) >= 2]
+    first[0], rest[0] = 2.0, 4.0  # maxima 2 then 4: the width exactly doubles
+    single = calibrate(torch.from_numpy(np.concatenate([first, rest])), "kl").hi.item()
+    streamed = calibrate([torch.from_numpy(first), torch.from_numpy(rest)], "kl").hi.item()
+    assert streamed == pytest.approx(single, abs=4.0 / 2048)
+
+
+@pytest.mark.parametrize("name", ["gauss", "laplace"])
+def test_streaming_kl_with_growing_range_stays_close(name):
+    x = _data(name)
+    parts = [x[i::8] * (0.6 + 0.1 * i) for i in range(8)]  # each batch wider than the last
+    single = calibrate(torch.from_numpy(np.concatenate(parts)), "kl").hi.item()
+    streamed = calibrate([torch.from_numpy(p) for p in parts], "kl").hi.item()
+    hist = StreamingHistogram()
+    for p in parts:
+        hist.add(torch.from_numpy(np.abs(p)))
+    assert hist.width > np.abs(np.concatenate(parts)).max() / 2048  # it did grow
+    assert abs(streamed - single) <= 3 * hist.width
+
+
+@pytest.mark.parametrize("name", ["laplace", "relu", "outliers"])
+@pytest.mark.parametrize("percentile", [99.9, 99.99])
+def test_percentile_matches_numpy(name, percentile):
+    x = _data(name)
+    width = float(np.abs(x).max()) / 2048
+    qp = calibrate(torch.from_numpy(x), "percentile", percentile=percentile)
+    assert qp.hi.item() == pytest.approx(np.percentile(np.abs(x), percentile), abs=width)
+    if name == "laplace":
+        tail = (100 - percentile) / 2
+        lo, hi = np.percentile(x, [tail, 100 - tail])
+        qp = calibrate(torch.from_numpy(x), "percentile", percentile=percentile, symmetric=False)
+        width = float(x.max() - x.min()) / 2047
+        assert qp.lo.item() == pytest.approx(lo, abs=2 * width)
+        assert qp.hi.item() == pytest.approx(hi, abs=2 * width)
+
+
+def _raw_mse(x: np.ndarray, lo, hi, bits: int, symmetric: bool) -> np.ndarray:
+    """Actual quantize-dequantize MSE of raw data for candidate ranges (numpy, float64)."""
+    lo = np.minimum(np.atleast_1d(lo), 0)[:, None]
+    hi = np.maximum(np.atleast_1d(hi), 0)[:, None]
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale, zp, qmin = np.maximum(-lo, hi) / qmax, 0.0, -qmax
+    else:
+        qmin, qmax = 0, 2**bits - 1
+        scale = (hi - lo) / qmax
+        zp = np.clip(np.round(-lo / scale), qmin, qmax)
+    q = np.clip(np.round(x[None, :] / scale) + zp, qmin, qmax)
+    return (((q - zp) * scale - x[None, :]) ** 2).mean(axis=1)
+
+
+@pytest.mark.parametrize("name", ["gauss", "laplace", "outliers"])
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_mse_symmetric_matches_brute_force_on_raw_data(name, bits):
+    x = _data(name)[:50_000].astype(np.float64)
+    amax = np.abs(x).max()
+    grid = np.linspace(0.005, 1.0, 400) * amax
+    brute = np.concatenate([_raw_mse(x, -t, t, bits, True) for t in np.array_split(grid, 8)])
+    qp = calibrate(torch.from_numpy(x), "mse", bits=bits)
+    ours = _raw_mse(x, qp.lo.item(), qp.hi.item(), bits, True)[0]
+    assert ours <= 1.02 * brute.min()
+
+
+def test_mse_asymmetric_matches_brute_force_on_raw_data():
+    x = _data("skewed")[:20_000].astype(np.float64)
+    his = np.linspace(0.1, 1.0, 40) * x.max()
+    los = np.linspace(0.1, 1.0, 12) * x.min()
+    lo_grid, hi_grid = (a.ravel() for a in np.meshgrid(los, his))
+    brute = _raw_mse(x, lo_grid, hi_grid, 4, False)
+    qp = calibrate(torch.from_numpy(x), "mse", bits=4, symmetric=False)
+    ours = _raw_mse(x, qp.lo.item(), qp.hi.item(), 4, False)[0]
+    assert ours <= 1.02 * brute.min()
+    relu = _data("relu")[:20_000].astype(np.float64)
+    his = np.linspace(0.05, 1.0, 200) * relu.max()
+    brute = _raw_mse(relu, np.zeros_like(his), his, 4, False)
+    qp = calibrate(torch.from_numpy(relu), "mse", bits=4, symmetric=False)
+    assert qp.lo.item() == 0.0
+    assert _raw_mse(relu, 0.0, qp.hi.item(), 4, False)[0] <= 1.02 * brute.min()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_expected_error_of_histogram_equals_raw_error(symmetric):
+    x = _data("laplace")
+    h = StreamingHistogram(bins=4096)
+    h.add(torch.from_numpy(np.abs(x) if symmetric else x))
+    for bits, frac in [(8, 1.0), (8, 0.3), (4, 0.5), (2, 0.2)]:
+        amax = frac * np.abs(x).max()
+        lo, hi = (-amax, amax) if symmetric else (frac * x.min(), frac * x.max())
+        raw = _raw_mse(x.astype(np.float64), lo, hi, bits, symmetric)[0] * x.size
+        if symmetric:
+            qm = 2 ** (bits - 1) - 1
+            scale, zp, qmin, qmax = amax / qm, 0.0, -qm, qm
+        else:
+            qmin, qmax = 0, 2**bits - 1
+            scale = (hi - lo) / qmax
+            zp = np.clip(np.round(-lo / scale), qmin, qmax)
+        est = expected_sq_error(h.counts, h.edges, np.array([scale]), np.array([zp]), qmin, qmax)
+        assert est[0] == pytest.approx(raw, rel=0.02)
+
+
+def _ort_collector(x: np.ndarray, method: str, **kw):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    kw = {"symmetric": True, "num_bins": 128, "num_quantized_bins": 128, "percentile": 99.99} | kw
+    collector = HistogramCollector(method=method, scenario="same", **kw)
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress
+        collector.collect({"t": x})
+        return collector.compute_collection_result()["t"]
+
+
+def test_onnxruntime_peer():
+    """How ORT's histogram calibrators compare (see the observers module docstring)."""
+    x = _data("gauss")[:100_000]
+    # Percentile: same |x| histogram; ORT snaps to a bin's lower edge, distiq interpolates.
+    ort_lo, ort_hi = _ort_collector(x, "percentile", num_bins=2048, percentile=99.9)[:2]
+    ours = calibrate(torch.from_numpy(x), "percentile", percentile=99.9).hi.item()
+    assert ours == pytest.approx(float(ort_hi), abs=3 * float(np.abs(x).max()) / 2048)
+    # Entropy with ORT's defaults (128 bins, 128 quantized bins) has a single candidate: min-max.
+    ort_lo, ort_hi = _ort_collector(x, "entropy")[:2]
+    assert (float(ort_lo), float(ort_hi)) == (x.min(), x.max())
+    # With 2048 bins over [-amax, amax] and 256 levels over both signs (distiq: 1024 bins of |x|,
+    # 128 levels per sign) the thresholds are close on a Gaussian.
+    ort_lo, ort_hi = _ort_collector(x, "entropy", num_bins=2048, num_quantized_bins=256)[:2]
+    ours = calibrate(torch.from_numpy(x), "kl", bins=1024).hi.item()
+    assert ours == pytest.approx(float(ort_hi), rel=0.05)
