@@ -12,6 +12,7 @@ import typer
 
 from distiq.errors import DistiqError
 
+from .demo import DemoOptions, run_demo
 from .distill import DistillOptions, run_distill
 from .evaluate import EvaluateOptions, run_evaluate
 from .options import command
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+command(app, "demo", DemoOptions, "Teacher -> distilled student on Fashion-MNIST, end to end.")(run_demo)
 command(app, "train", TrainOptions, "Train a model (a teacher or a baseline) on a dataset.")(run_train)
 command(app, "distill", DistillOptions, "Distill a saved teacher into a student.")(run_distill)
 command(app, "evaluate", EvaluateOptions, "Evaluate saved weights or an ONNX file.")(run_evaluate)
