@@ -11,3 +11,13 @@ class DistiqError(ValueError):
 
 class DataError(DistiqError):
     """A data file is missing, truncated or corrupt; the message contains its path."""
+
+
+def validation_message(err: object, source: str) -> str:
+    """One line from a pydantic ``ValidationError``: each bad key's dotted path and what was expected."""
+    parts = []
+    for e in err.errors():  # type: ignore[attr-defined]
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        parts.append(f"{key}: {e['msg']}{got}")
+    return f"{source}: " + "; ".join(parts)

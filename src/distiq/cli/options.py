@@ -19,7 +19,7 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from distiq.errors import DistiqError
+from distiq.errors import DistiqError, validation_message
 
 CLI_TYPES = (str, int, float, bool, Path)
 
@@ -37,15 +37,6 @@ def _cli_type(annotation: Any) -> Any | None:
     if origin is list and args and args[0] in CLI_TYPES:
         return list[args[0]]
     return None
-
-
-def validation_message(err: ValidationError, source: str) -> str:
-    """One line naming each bad key's path and what was expected."""
-    parts = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        parts.append(f"{key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
-    return f"{source}: " + "; ".join(parts)
 
 
 def load_options(model: type[BaseModel], config: Path | None, given: dict[str, Any]) -> BaseModel:

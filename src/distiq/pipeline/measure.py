@@ -1,0 +1,82 @@
+"""Measure one stage's model on the test split: what was kept (accuracy, F1, agreement, calibration,
+robustness) and what was gained (size on disk, parameters, MACs, ONNX Runtime latency).
+
+Every stage is measured the same way, on an ONNX file run by ONNX Runtime where latency and size are
+concerned, so the teacher, the float student and the int8 student are compared like for like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distiq.data.arrays import ArrayDataset
+from distiq.engine.batches import predict_logits
+from distiq.evaluate.api import onnx_logits
+from distiq.evaluate.calibration import expected_calibration_error
+from distiq.evaluate.complexity import onnx_complexity
+from distiq.evaluate.latency import measure_latency
+from distiq.evaluate.metrics import accuracy, confusion_matrix, f1_macro, per_class_f1
+from distiq.evaluate.robustness import robustness
+from distiq.evaluate.stats import bootstrap_ci
+
+from .recipe import EvaluateSpec
+
+
+def logits_of(model: nn.Module | Path, data: ArrayDataset) -> torch.Tensor:
+    """Logits of a module, or of an ONNX file in ONNX Runtime."""
+    return predict_logits(model, data) if isinstance(model, nn.Module) else onnx_logits(model, data)
+
+
+def measure(
+    model: nn.Module | Path,
+    onnx_path: Path,
+    test: ArrayDataset,
+    spec: EvaluateSpec,
+    teacher_pred: torch.Tensor | None = None,
+    seed: int = 0,
+) -> dict:
+    """All metrics of one stage (JSON-safe), computed on ``test``.
+
+    Args:
+        model: The stage's model: a module, or the ONNX file itself for quantized stages.
+        onnx_path: The ONNX file whose size and latency represent the stage.
+        test: Held-out data, never used for tuning.
+        spec: What to measure (latency, robustness, bootstrap resamples, threads).
+        teacher_pred: The teacher's top-1 predictions on ``test``, for agreement.
+        seed: Seed of the bootstrap and corruptions.
+    """
+    logits = logits_of(model, test)
+    pred = logits.argmax(1)
+    cm = confusion_matrix(pred, test.y, max(test.num_classes, logits.shape[1]))
+    size = onnx_complexity(onnx_path)
+    metrics: dict = {
+        "accuracy": accuracy(cm),
+        "f1_macro": f1_macro(cm),
+        "f1_per_class": [float(v) for v in per_class_f1(cm)],
+        "confusion": cm.tolist(),
+        "class_names": list(test.classes),
+        "size_bytes": onnx_path.stat().st_size,
+        "params": size.parameters,
+        "macs": size.macs,
+        "ece": float(expected_calibration_error(torch.softmax(logits, 1), test.y)),
+    }
+    if teacher_pred is not None:
+        metrics["agreement_with_teacher"] = float((pred == teacher_pred).double().mean())
+    if spec.bootstrap:
+        ci = bootstrap_ci(pred, test.y, "accuracy", n_resamples=spec.bootstrap, seed=seed)
+        metrics["ci95"] = [ci.low, ci.high]
+    if spec.latency:
+        one, big = measure_latency(onnx_path, batch_sizes=(1, 256), threads=spec.threads, runs=20)
+        metrics.update(
+            latency_ms_p50=one.p50_ms,
+            latency_ms_p95=one.p95_ms,
+            latency_ms_batch256=big.p50_ms,
+            throughput=big.throughput,
+        )
+    if spec.robustness:
+        rob = robustness(model if isinstance(model, nn.Module) else onnx_path, test, seed=seed)
+        metrics["robustness"] = rob.accuracy
+    return metrics

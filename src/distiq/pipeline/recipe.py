@@ -1,0 +1,171 @@
+"""The recipe: one YAML file describing the chain teacher -> distill -> prune -> quantize -> report.
+
+Validated with pydantic when loaded: an unknown key, a wrong type or a missing file produces one
+message that names the key's path (``distill.train.epochs: ...``) and what was expected, before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distiq.errors import DistiqError, validation_message
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainSpec(Strict):
+    """Training options (a subset of :class:`distiq.engine.config.TrainConfig`)."""
+
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int | None = Field(None, ge=1)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+
+
+class DataSpec(Strict):
+    """Which data, how much of it, and how it is split."""
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    fallback: str | None = Field("digits", description="Dataset used when `name` is not installed.")
+    subsample: float | None = Field(None, gt=0, description="Training samples kept (count or fraction).")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+
+class TeacherSpec(Strict):
+    """Train a teacher (``model`` + ``train``) or load one (``weights``)."""
+
+    model: str = "vgg-small"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> TeacherSpec:
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights file not found: {self.weights}")
+        return self
+
+
+class DistillSpec(Strict):
+    """Distill a student from the teacher."""
+
+    student: str = "vgg-small"
+    student_options: dict[str, Any] = Field(default_factory=dict)
+    loss: str = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    features: list[dict[str, Any]] = Field(default_factory=list)
+    offline: bool = True
+    init_from_teacher: bool = False
+    freeze: list[str] = Field(default_factory=list)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class PruneSpec(Strict):
+    """Prune the student, then fine-tune it (optionally distilling from the teacher)."""
+
+    amount: float = Field(0.5, ge=0, lt=1)
+    structured: bool = False
+    scope: Literal["global", "layer"] = "global"
+    importance: Literal["l1", "l2", "bn"] = "l1"
+    distill_from_teacher: bool = True
+    fine_tune: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-3))
+
+
+class QuantizeSpec(Strict):
+    """Quantize the (pruned) student and export it as int8 ONNX."""
+
+    mode: Literal["static", "dynamic", "weight-only", "qat"] = "static"
+    method: Literal["minmax", "ema", "percentile", "kl", "mse"] = "kl"
+    bits: int = Field(8, ge=2, le=8)
+    per_channel: bool = True
+    calib_samples: int = Field(512, ge=1)
+
+
+class EvaluateSpec(Strict):
+    """What to measure on the test split for every stage."""
+
+    latency: bool = True
+    robustness: bool = True
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the accuracy CI (0: none).")
+    threads: int = Field(2, ge=1)
+
+
+class SearchSpace(Strict):
+    """Candidates the budget search tries."""
+
+    methods: list[Literal["minmax", "ema", "percentile", "kl", "mse"]] = Field(
+        default_factory=lambda: ["minmax", "percentile", "kl"]
+    )
+    bits: list[int] = Field(default_factory=lambda: [8])
+    per_channel: list[bool] = Field(default_factory=lambda: [True])
+    prune_amounts: list[float] = Field(default_factory=list)
+    float_fallback: list[int] = Field(default_factory=lambda: [0, 1, 2])
+
+
+class BudgetSpec(Strict):
+    """Largest acceptable accuracy drop against the teacher, and what to minimise within it."""
+
+    max_accuracy_drop: float = Field(1.0, ge=0)
+    relative: bool = Field(False, description="Drop in percent of the teacher's accuracy, not points.")
+    objective: Literal["size", "latency"] = "size"
+    search: SearchSpace = Field(default_factory=SearchSpace)
+
+
+class Recipe(Strict):
+    """A whole run. Stages left out (``null``) are skipped; ``teacher`` and ``data`` are required."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    teacher: TeacherSpec
+    distill: DistillSpec | None = None
+    prune: PruneSpec | None = None
+    quantize: QuantizeSpec | None = None
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    budget: BudgetSpec | None = None
+    report: bool = True
+
+
+def load_recipe(recipe: str | os.PathLike[str] | dict | Recipe) -> Recipe:
+    """Validate a recipe given as a YAML path, a dict or a :class:`Recipe`.
+
+    Raises:
+        DistiqError: The file is missing or not YAML, or a key is unknown, mistyped or missing; the
+            message names the file and each key's path.
+    """
+    if isinstance(recipe, Recipe):
+        return recipe
+    source = "recipe"
+    if not isinstance(recipe, dict):
+        path = Path(recipe)
+        source = str(path)
+        if not path.is_file():
+            raise DistiqError(f"{path}: recipe file not found")
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DistiqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(recipe, dict):
+            raise DistiqError(f"{path}: expected a mapping at the top level")
+    try:
+        return Recipe.model_validate(recipe)
+    except ValidationError as e:
+        raise DistiqError(validation_message(e, source)) from None

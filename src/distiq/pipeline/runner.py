@@ -1,0 +1,164 @@
+"""``distiq.run``: execute a recipe stage by stage into a run directory, resuming where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from distiq import data as dqdata
+from distiq.errors import DataError
+from distiq.io import write_bytes_atomic, write_json_atomic
+
+from .measure import logits_of, measure
+from .recipe import Recipe, load_recipe
+from .rundir import StageRecord, load_stage, now, save_stage, stage_key, versions
+from .stages import RunState, StageOutput, reload_module, run_distill, run_teacher
+
+console = Console(stderr=True)
+
+StageFn = Callable[[object, RunState, Path], StageOutput]
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder and one record per stage."""
+
+    run_dir: Path
+    stages: list[StageRecord]
+    dataset: str
+
+    def stage(self, kind: str) -> StageRecord:
+        """The last stage of ``kind``."""
+        return [s for s in self.stages if s.kind == kind][-1]
+
+
+def load_data(recipe: Recipe, notes: list[str]) -> tuple[str, dqdata.ArrayDataset, ...]:
+    """Train/val/test sets; falls back to ``data.fallback`` (and says so) when the data are missing."""
+    spec = recipe.data
+    name = spec.name
+    try:
+        full, test = dqdata.load(name, "train", spec.root), dqdata.load(name, "test", spec.root)
+    except DataError as e:
+        if not spec.fallback:
+            raise
+        notes.append(f"{name} is not available ({e}); using {spec.fallback} instead")
+        console.print(f"[yellow]{notes[-1]}")
+        name = spec.fallback
+        full, test = dqdata.load(name, "train"), dqdata.load(name, "test")
+    if spec.subsample is not None:
+        n = int(spec.subsample) if spec.subsample > 1 else spec.subsample
+        full = dqdata.subsample(full, min(n, len(full)) if isinstance(n, int) else n, seed=spec.seed)
+    train, val = dqdata.split(full, spec.val_fraction, seed=spec.seed)
+    return name, train, val, test
+
+
+def plan(recipe: Recipe) -> list[tuple[str, object, StageFn]]:
+    """The stages the recipe asks for, in order."""
+    stages: list[tuple[str, object, StageFn]] = [("teacher", recipe.teacher, run_teacher)]
+    if recipe.distill is not None:
+        stages.append(("distill", recipe.distill, run_distill))
+    return stages
+
+
+def run(
+    recipe: str | os.PathLike[str] | dict | Recipe, run_dir: str | os.PathLike[str] | None = None
+) -> RunResult:
+    """Run ``recipe`` into ``run_dir`` (default ``runs/<name>``); finished stages are reused.
+
+    Returns:
+        The run directory and one :class:`StageRecord` per stage (metrics on the test split).
+    """
+    recipe = load_recipe(recipe)
+    run_dir = Path(run_dir or Path("runs") / recipe.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    dataset, train, val, test = load_data(recipe, notes)
+    state = RunState(recipe, run_dir, dataset, train, val, test, notes=notes)
+    write_bytes_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")).encode())
+    info = {
+        "name": recipe.name,
+        "recipe": recipe.model_dump(mode="json"),
+        "versions": versions(),
+        "dataset": dataset,
+        "started": now(),
+        "finished": None,
+        "notes": notes,
+        "stages": [],
+    }
+    data_key = recipe.data.model_dump(mode="json") | {"seed": recipe.seed}
+    eval_key = recipe.evaluate.model_dump(mode="json")
+    previous, records, teacher_pred = "", [], None
+    for index, (kind, spec, fn) in enumerate(plan(recipe)):
+        key = stage_key(kind, spec.model_dump(mode="json"), previous, data_key)
+        stage_dir = f"stages/{index:02d}-{kind}"
+        record = load_stage(run_dir, stage_dir, key)
+        if record is not None:
+            console.print(f"[dim]{kind}: inputs unchanged, reusing {stage_dir}")
+            record.skipped = True
+            model, onnx = reload_module(record.artifacts, run_dir), run_dir / record.artifacts["onnx"]
+        else:
+            console.print(f"[bold]{kind}[/bold] -> {stage_dir}")
+            t0 = time.perf_counter()
+            out = fn(spec, state, run_dir / stage_dir)
+            record = StageRecord(
+                kind,
+                kind,
+                stage_dir,
+                key,
+                seconds=time.perf_counter() - t0,
+                history=out.history,
+                quant=out.quant,
+                extra=out.extra,
+                artifacts={k: str(Path(p).relative_to(run_dir)) for k, p in out.artifacts.items()},
+            )
+            model, onnx = out.model, out.onnx
+        if record.extra.get("eval_key") != eval_key:
+            record.metrics = measure(model, onnx, test, recipe.evaluate, teacher_pred, recipe.seed)
+            record.extra["eval_key"] = eval_key
+        save_stage(run_dir, record)
+        if kind == "teacher":
+            state.teacher = model
+            teacher_pred = logits_of(model, test).argmax(1)
+        state.model, state.onnx, previous = model, onnx, key
+        records.append(record)
+        info["stages"] = [r.to_dict() for r in records]
+        write_json_atomic(run_dir / "run.json", info)
+    info["finished"] = now()
+    write_json_atomic(run_dir / "run.json", info)
+    _summarise(records)
+    return RunResult(run_dir, records, dataset)
+
+
+def _summarise(records: list[StageRecord]) -> None:
+    from rich.table import Table
+
+    table = Table(title="distiq run (test split)")
+    for col in ("stage", "accuracy", "macro F1", "size", "latency b1 (ms)", "reused"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in records:
+        m = r.metrics
+        lat = f"{m['latency_ms_p50']:.3f}" if "latency_ms_p50" in m else "-"
+        table.add_row(
+            r.name,
+            f"{100 * m['accuracy']:.2f}%",
+            f"{m['f1_macro']:.4f}",
+            f"{m['size_bytes'] / 1024:.1f} KiB",
+            lat,
+            "yes" if r.skipped else "",
+        )
+    console.print(table)
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> dict:
+    """The ``run.json`` of a run directory."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not a distiq run directory (run.json missing)")
+    return json.loads(path.read_text())

@@ -1,0 +1,115 @@
+"""The stages of a recipe. Each takes the run's state, does one job, writes its artifacts into its own
+folder and returns the model it produced; ``reload`` rebuilds that model from the artifacts when the
+stage is skipped on a later call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distiq.data.arrays import ArrayDataset
+from distiq.distill.api import distill
+from distiq.engine.train import TrainResult, train
+from distiq.engine.weights import load_model, save_weights
+from distiq.evaluate.latency import export_for_timing
+from distiq.models import create
+
+from .recipe import DistillSpec, Recipe, TeacherSpec, TrainSpec
+
+
+@dataclass
+class RunState:
+    """What stages share: the recipe, the data, and the models produced so far."""
+
+    recipe: Recipe
+    run_dir: Path
+    dataset: str
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    teacher: nn.Module | None = None
+    model: nn.Module | None = None
+    onnx: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> dict:
+        c, h, _ = self.train.input_shape
+        return {"num_classes": self.train.num_classes, "in_channels": c, "image_size": h}
+
+
+@dataclass
+class StageOutput:
+    """A stage's products: the model, its ONNX file, training history and extra records."""
+
+    model: nn.Module | Path
+    onnx: Path
+    artifacts: dict[str, Path]
+    history: list[dict] = field(default_factory=list)
+    quant: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def train_options(spec: TrainSpec, stage_dir: Path, seed: int) -> dict:
+    """Engine options of a stage: checkpoints inside the stage folder make it resumable."""
+    return {
+        **spec.model_dump(),
+        "seed": seed,
+        "checkpoint_dir": str(stage_dir / "checkpoint"),
+        "log_path": str(stage_dir / "history.jsonl"),
+        "progress": None,
+    }
+
+
+def export_float(model: nn.Module, state: RunState, stage_dir: Path) -> Path:
+    """The float ONNX file of a module (its size and latency stand for the stage)."""
+    return export_for_timing(model, state.train.input_shape, stage_dir / "model.onnx")
+
+
+def _finish(model: nn.Module, result: TrainResult | None, state: RunState, stage_dir: Path) -> StageOutput:
+    weights = save_weights(model, stage_dir / "model.safetensors")
+    onnx = export_float(model, state, stage_dir)
+    history = result.history if result is not None else []
+    return StageOutput(model, onnx, {"weights": weights, "onnx": onnx}, history)
+
+
+def run_teacher(spec: TeacherSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Load the teacher's weights, or train it."""
+    if spec.weights is not None:
+        return _finish(load_model(spec.weights), None, state, stage_dir)
+    torch.manual_seed(state.recipe.seed)
+    model = create(spec.model, **state.shape, **spec.model_options)
+    result = train(model, state.train, state.val, **train_options(spec.train, stage_dir, state.recipe.seed))
+    return _finish(model, result, state, stage_dir)
+
+
+def run_distill(spec: DistillSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Distill the student from the teacher."""
+    torch.manual_seed(state.recipe.seed)
+    student = create(spec.student, **state.shape, **spec.student_options)
+    result = distill(
+        state.teacher,
+        student,
+        state.train,
+        state.val,
+        loss=spec.loss,
+        temperature=spec.temperature,
+        alpha=spec.alpha,
+        loss_options=spec.loss_options,
+        features=spec.features,
+        offline=spec.offline,
+        cache_dir=stage_dir / "teacher-cache",
+        freeze=spec.freeze or None,
+        init_from_teacher=spec.init_from_teacher,
+        **train_options(spec.train, stage_dir, state.recipe.seed),
+    )
+    return _finish(student, result, state, stage_dir)
+
+
+def reload_module(artifacts: dict[str, str], run_dir: Path) -> nn.Module:
+    """The module a skipped teacher/distill stage produced."""
+    return load_model(run_dir / artifacts["weights"])
