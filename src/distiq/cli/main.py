@@ -16,6 +16,7 @@ from .demo import DemoOptions, run_demo
 from .distill import DistillOptions, run_distill
 from .evaluate import EvaluateOptions, run_evaluate
 from .options import command
+from .run import run_command
 from .train import TrainOptions, run_train
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ command(app, "demo", DemoOptions, "Teacher -> distilled student on Fashion-MNIST
 command(app, "train", TrainOptions, "Train a model (a teacher or a baseline) on a dataset.")(run_train)
 command(app, "distill", DistillOptions, "Distill a saved teacher into a student.")(run_distill)
 command(app, "evaluate", EvaluateOptions, "Evaluate saved weights or an ONNX file.")(run_evaluate)
+app.command("run")(run_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,75 @@
-"""Evaluation: metrics of PyTorch models and ONNX files."""
+"""Evaluation: metrics, calibration, robustness, latency, cost, and honest estimates of noise."""
 
-from .api import evaluate, onnx_logits
-from .metrics import METRICS, confusion_matrix, per_class_f1
+from .api import (
+    LOGIT_METRICS,
+    EvaluationReport,
+    evaluate,
+    evaluate_full,
+    logits_fn,
+    model_logits,
+    onnx_logits,
+)
+from .calibration import CalibrationBins, calibration_bins, expected_calibration_error
+from .compare import (
+    ClassChange,
+    Comparison,
+    Flips,
+    compare,
+    compare_predictions,
+    per_class_degradation,
+    prediction_flips,
+)
+from .complexity import Complexity, count_macs, count_parameters, file_size, model_complexity, onnx_complexity
+from .latency import LatencyResult, measure_latency
+from .metrics import METRICS, confusion_matrix, per_class_accuracy, per_class_f1
+from .robustness import CORRUPTIONS, RobustnessResult, corrupt, robustness
+from .splits import SplitEstimate, cross_validate, data_ratios, ratios_table, repeated_subsampling
+from .stats import BootstrapInterval, McNemarResult, Spread, bootstrap_ci, mcnemar, spread, t_interval
 
-__all__ = ["METRICS", "confusion_matrix", "evaluate", "onnx_logits", "per_class_f1"]
+__all__ = [
+    "CORRUPTIONS",
+    "LOGIT_METRICS",
+    "METRICS",
+    "BootstrapInterval",
+    "CalibrationBins",
+    "ClassChange",
+    "Comparison",
+    "Complexity",
+    "EvaluationReport",
+    "Flips",
+    "LatencyResult",
+    "McNemarResult",
+    "RobustnessResult",
+    "SplitEstimate",
+    "Spread",
+    "bootstrap_ci",
+    "calibration_bins",
+    "compare",
+    "compare_predictions",
+    "confusion_matrix",
+    "corrupt",
+    "count_macs",
+    "count_parameters",
+    "cross_validate",
+    "data_ratios",
+    "evaluate",
+    "evaluate_full",
+    "expected_calibration_error",
+    "file_size",
+    "logits_fn",
+    "mcnemar",
+    "measure_latency",
+    "model_complexity",
+    "model_logits",
+    "onnx_complexity",
+    "onnx_logits",
+    "per_class_accuracy",
+    "per_class_degradation",
+    "per_class_f1",
+    "prediction_flips",
+    "ratios_table",
+    "repeated_subsampling",
+    "robustness",
+    "spread",
+    "t_interval",
+]

@@ -1,0 +1,83 @@
+"""Recipes: shipped ones validate; broken ones name the key path; runs resume stage by stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import distiq.pipeline as pipeline
+from distiq.errors import DistiqError
+
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipe_validates(path):
+    recipe = pipeline.load_recipe(path)
+    assert recipe.teacher is not None
+
+
+def test_recipes_are_shipped():
+    assert RECIPES, "recipes/ holds no YAML recipe"
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"distill": {"train": {"epochs": 0}}}, "distill.train.epochs"),
+        ({"distill": {"tempreature": 3}}, "distill.tempreature"),
+        ({"quantize": {"method": "entropy"}}, "quantize.method"),
+        ({"teacher": {"weights": "/no/such/teacher.safetensors"}}, "/no/such/teacher.safetensors"),
+        ({"data": {"val_fraction": "half"}}, "data.val_fraction"),
+    ],
+)
+def test_broken_recipe_names_the_key_path(tmp_path, patch, needle):
+    base = {"name": "x", "teacher": {"model": "mlp"}, "distill": {"student": "mlp"}}
+    for key, value in patch.items():
+        base[key] = {**base.get(key, {}), **value}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(DistiqError) as err:
+        pipeline.load_recipe(path)
+    message = str(err.value)
+    assert needle in message and str(path) in message and "\n" not in message
+
+
+def quick_recipe(**distill) -> dict:
+    return {
+        "name": "quick",
+        "data": {"name": "digits", "subsample": 600},
+        "teacher": {"model": "mlp", "model_options": {"hidden": [64]}, "train": {"epochs": 3, "lr": 0.01}},
+        "distill": {
+            "student": "mlp",
+            "student_options": {"hidden": [16]},
+            "train": {"epochs": 3, "lr": 0.01},
+            **distill,
+        },
+        "evaluate": {"latency": False, "robustness": False, "bootstrap": 0},
+        "report": False,
+    }
+
+
+def test_second_run_reuses_unchanged_stages_and_reruns_changed_ones(tmp_path):
+    first = pipeline.run(quick_recipe(), tmp_path)
+    assert [s.skipped for s in first.stages] == [False, False]
+    again = pipeline.run(quick_recipe(), tmp_path)
+    assert [s.skipped for s in again.stages] == [True, True]
+    assert again.stage("distill").metrics["accuracy"] == first.stage("distill").metrics["accuracy"]
+    changed = pipeline.run(quick_recipe(temperature=2.0), tmp_path)
+    assert [s.skipped for s in changed.stages] == [True, False]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["finished"] and [s["kind"] for s in info["stages"]] == ["teacher", "distill"]
+    assert (tmp_path / "recipe.yaml").exists()
+
+
+def test_missing_dataset_falls_back_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTIQ_FASHION_MNIST", str(tmp_path / "nowhere"))
+    recipe = quick_recipe() | {"data": {"name": "fashion-mnist", "fallback": "digits", "subsample": 300}}
+    result = pipeline.run(recipe, tmp_path / "run")
+    assert result.dataset == "digits"
+    assert any("fashion-mnist" in n for n in json.loads((tmp_path / "run" / "run.json").read_text())["notes"])
