@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,8 +13,8 @@ from .common import console
 
 
 def run_command(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file (see recipes/)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<name>]."),
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/NAME).")] = None,
 ) -> None:
     """Run a recipe; finished stages whose inputs did not change are reused."""
     result = run(recipe, out)
