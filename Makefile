@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test demo lint bench clean
+.PHONY: setup data browser test demo lint bench clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,21 @@ data:
 	       "or set DISTIQ_FASHION_MNIST to a folder holding its IDX files."; \
 	fi
 
-test: setup data
+# Chromium renders the HTML report in a test (skipped without it); installing it never fails the build
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "Chromium found: the report rendering test will run"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) >/dev/null 2>&1 \
+	  || echo "Could not install chromium: the report rendering test will be skipped" \
+	          "(install it with 'apt-get install chromium')."; \
+	else \
+	  echo "Chromium is missing: the report rendering test will be skipped;" \
+	       "run 'sudo apt-get install chromium' (or 'sudo make browser') to enable it."; \
+	fi
+
+test: setup data browser
 	$(BIN)/python -m pytest
 
 demo: setup data

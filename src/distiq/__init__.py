@@ -11,6 +11,7 @@ from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
 from .registry import Registry
+from .workflow import run
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "load_weights",
     "losses",
     "models",
+    "run",
     "save_weights",
     "train",
 ]

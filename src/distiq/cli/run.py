@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from distiq.pipeline import run
+from distiq.workflow import run
 
 from .common import console
 

@@ -1,0 +1,123 @@
+"""``distiq prune``: prune saved weights, fine-tune, save dense and compressed; ``distiq sparse``: inspect.
+
+``distiq prune`` writes ``model.safetensors`` (loadable with :func:`distiq.prune.load_pruned`, also when
+channels were removed), ``model.dqsp`` (the compressed sparse format) and ``summary.json`` in ``--out``.
+``distiq sparse --file model.dqsp`` verifies a compressed file, prints its bytes per tensor and, with
+``--out``, writes its weights back to a safetensors file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from distiq.evaluate.api import evaluate
+from distiq.models import count_parameters
+from distiq.prune import load_pruned, prune, save_pruned, sparse, sparsity_rich_table, sparsity_table
+
+from .common import DataOptions, TrainingOptions, console, prepare_data, save_summary, training_config
+from .options import command
+
+
+class PruneOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
+    """Options of ``distiq prune``."""
+
+    weights: Path = Field(description="Trained model (.safetensors written by distiq train/distill).")
+    amount: float = Field(0.9, ge=0, lt=1, description="Fraction of weights (or channels) to remove.")
+    structured: bool = Field(False, description="Remove whole channels/neurons instead of single weights.")
+    scope: str = Field("global", description="global (one ranking over all layers) or layer (each layer).")
+    importance: str = Field("l1", description="Channel ranking: l1, l2 or bn (BatchNorm scale).")
+    pruning_schedule: str = Field(
+        "one-shot", description="one-shot, or cubic (gradual, Zhu & Gupta 2017); schedule is the lr's."
+    )
+    ramp: float = Field(0.6, gt=0, le=1, description="Fraction of fine-tuning over which cubic ramps up.")
+    exclude: list[str] = Field(default_factory=list, description="Layer paths to leave unpruned.")
+    epochs: int = Field(2, ge=0, description="Fine-tuning epochs after pruning (0: prune only).")
+    teacher: str | None = Field(
+        None, description="Distil while fine-tuning: 'original' (the unpruned model) or a weights file."
+    )
+    loss: str = Field("kd", description="Distillation loss with a teacher: kd, mse, hard-kd, dkd.")
+    temperature: float = Field(4.0, gt=0, description="Distillation temperature.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term.")
+    sparse_values: str = Field("int8", description="Values in model.dqsp: int8 (per-row scale) or float32.")
+    out: Path = Field(Path("runs/prune"), description="Output folder.")
+
+
+class SparseOptions(BaseModel):
+    """Options of ``distiq sparse``."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: Path = Field(description="A compressed weights file (.dqsp) written by distiq prune.")
+    out: Path | None = Field(None, description="Write its weights to this .safetensors file.")
+
+
+def run_prune(opts: PruneOptions) -> dict:
+    """Prune, fine-tune, save ``model.safetensors``, ``model.dqsp`` and ``summary.json``; return it."""
+    train_set, val_set, test_set = prepare_data(opts)
+    model = load_pruned(opts.weights)
+    eval_set = test_set if test_set is not None else val_set
+    before = evaluate(model, eval_set) if eval_set is not None else None
+    teacher = opts.teacher
+    if teacher is not None and teacher != "original":
+        teacher = load_pruned(Path(teacher))
+    options = {}
+    if opts.epochs > 0:
+        options = training_config(opts, opts.out)
+        if opts.pruning_schedule == "cubic":  # the schedule counts steps from 0, so it must not resume
+            options.pop("checkpoint_dir")
+    torch.manual_seed(opts.seed)
+    pruned = prune(
+        model,
+        opts.amount,
+        structured=opts.structured,
+        scope=opts.scope,
+        importance=opts.importance,
+        exclude=opts.exclude,
+        train_data=train_set if opts.epochs > 0 else None,
+        val_data=val_set,
+        pruning_schedule=opts.pruning_schedule,
+        ramp=opts.ramp,
+        teacher=teacher,
+        distill_options={"loss": opts.loss, "temperature": opts.temperature, "alpha": opts.alpha},
+        **options,
+    )
+    save_pruned(pruned, opts.out / "model.safetensors")
+    report = sparse.save(pruned, opts.out / "model.dqsp", values=opts.sparse_values)
+    table = sparsity_table(pruned)
+    console.print(sparsity_rich_table(table))
+    console.print(report.rich_table())
+    summary = {
+        "command": "prune",
+        "options": opts.model_dump(mode="json"),
+        "parameters": {"before": count_parameters(model), "after": count_parameters(pruned)},
+        "sparsity": table,
+        "compressed": {k: v for k, v in report.to_dict().items() if k != "records"},
+        "before": before,
+        "val": evaluate(pruned, val_set) if val_set is not None else None,
+        "test": evaluate(pruned, test_set) if test_set is not None else None,
+    }
+    save_summary(opts.out, summary)
+    return summary
+
+
+def run_sparse(opts: SparseOptions) -> dict:
+    """Verify a compressed file, print its bytes per tensor, optionally write it out as safetensors."""
+    report = sparse.info(opts.file)  # reads and checks every record
+    console.print(report.rich_table())
+    if opts.out is not None:
+        save_pruned(sparse.load_model(opts.file), opts.out)
+        console.print(f"weights in [bold]{opts.out}[/bold]")
+    return report.to_dict()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``prune`` and ``sparse`` to the command line."""
+    command(app, "prune", PruneOptions, "Prune saved weights (weights or channels), fine-tune, compress.")(
+        run_prune
+    )
+    command(app, "sparse", SparseOptions, "Check a compressed .dqsp file; print or convert its weights.")(
+        run_sparse
+    )
