@@ -14,7 +14,9 @@ from distiq.pipeline.recipe import Recipe
 from distiq.report import build_report
 
 
-def run(recipe: str | os.PathLike[str] | dict | Recipe, run_dir: str | os.PathLike[str] | None = None) -> RunResult:
+def run(
+    recipe: str | os.PathLike[str] | dict | Recipe, run_dir: str | os.PathLike[str] | None = None
+) -> RunResult:
     """Run ``recipe`` into ``run_dir`` and, unless the recipe says ``report: false``, build its report.
 
     Returns:
