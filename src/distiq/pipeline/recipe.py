@@ -97,6 +97,9 @@ class QuantizeSpec(Strict):
     bits: int = Field(8, ge=2, le=8)
     per_channel: bool = True
     calib_samples: int = Field(512, ge=1)
+    skip: list[str] = Field(default_factory=list, description="Layers kept in float.")
+    sensitivity: bool = Field(True, description="Rank layers by the accuracy drop of each alone.")
+    qat: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-4), description="QAT training.")
 
 
 class EvaluateSpec(Strict):

@@ -11,15 +11,18 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from torch import nn
 
 from distiq import data as dqdata
 from distiq.errors import DataError
 from distiq.io import write_bytes_atomic, write_json_atomic
 
+from .compress import run_prune, run_quantize
 from .measure import logits_of, measure
 from .recipe import Recipe, load_recipe
 from .rundir import StageRecord, load_stage, now, save_stage, stage_key, versions
-from .stages import RunState, StageOutput, reload_module, run_distill, run_teacher
+from .search import run_search
+from .stages import RunState, StageOutput, reload_output, run_distill, run_teacher
 
 console = Console(stderr=True)
 
@@ -64,6 +67,12 @@ def plan(recipe: Recipe) -> list[tuple[str, object, StageFn]]:
     stages: list[tuple[str, object, StageFn]] = [("teacher", recipe.teacher, run_teacher)]
     if recipe.distill is not None:
         stages.append(("distill", recipe.distill, run_distill))
+    if recipe.prune is not None:
+        stages.append(("prune", recipe.prune, run_prune))
+    if recipe.quantize is not None:
+        stages.append(("quantize", recipe.quantize, run_quantize))
+    if recipe.budget is not None:
+        stages.append(("search", recipe.budget, run_search))
     return stages
 
 
@@ -102,7 +111,7 @@ def run(
         if record is not None:
             console.print(f"[dim]{kind}: inputs unchanged, reusing {stage_dir}")
             record.skipped = True
-            model, onnx = reload_module(record.artifacts, run_dir), run_dir / record.artifacts["onnx"]
+            model, onnx = reload_output(record.artifacts, run_dir), run_dir / record.artifacts["onnx"]
         else:
             console.print(f"[bold]{kind}[/bold] -> {stage_dir}")
             t0 = time.perf_counter()
@@ -123,10 +132,14 @@ def run(
             record.metrics = measure(model, onnx, test, recipe.evaluate, teacher_pred, recipe.seed)
             record.extra["eval_key"] = eval_key
         save_stage(run_dir, record)
+        if "search" in record.extra:
+            info["search"] = record.extra["search"]
         if kind == "teacher":
-            state.teacher = model
+            state.teacher, state.teacher_onnx = model, onnx
             teacher_pred = logits_of(model, test).argmax(1)
         state.model, state.onnx, previous = model, onnx, key
+        if isinstance(model, nn.Module):
+            state.float_model = model
         records.append(record)
         info["stages"] = [r.to_dict() for r in records]
         write_json_atomic(run_dir / "run.json", info)

@@ -17,6 +17,7 @@ from distiq.engine.train import TrainResult, train
 from distiq.engine.weights import load_model, save_weights
 from distiq.evaluate.latency import export_for_timing
 from distiq.models import create
+from distiq.prune.structured import load_pruned
 
 from .recipe import DistillSpec, Recipe, TeacherSpec, TrainSpec
 
@@ -34,6 +35,8 @@ class RunState:
     teacher: nn.Module | None = None
     model: nn.Module | None = None
     onnx: Path | None = None
+    teacher_onnx: Path | None = None
+    float_model: nn.Module | None = None  # the last float module (what quantization starts from)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +113,8 @@ def run_distill(spec: DistillSpec, state: RunState, stage_dir: Path) -> StageOut
     return _finish(student, result, state, stage_dir)
 
 
-def reload_module(artifacts: dict[str, str], run_dir: Path) -> nn.Module:
-    """The module a skipped teacher/distill stage produced."""
-    return load_model(run_dir / artifacts["weights"])
+def reload_output(artifacts: dict[str, str], run_dir: Path) -> nn.Module | Path:
+    """What a skipped stage produced: its module (pruned shapes included), or its int8 ONNX file."""
+    if "weights" not in artifacts:
+        return run_dir / artifacts["onnx"]
+    return load_pruned(run_dir / artifacts["weights"])

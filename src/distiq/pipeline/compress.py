@@ -1,0 +1,140 @@
+"""The compression stages of a recipe: prune (+ fine-tune) and quantize (+ int8 ONNX export), with the
+per-layer records (quantization error, sensitivity, calibration histograms, integer kernels) the
+report shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distiq.data.sampling import subsample
+from distiq.prune import prune
+from distiq.prune.structured import save_pruned
+from distiq.quant import export_onnx, kernels, layer_errors, quantize, sensitivity
+from distiq.quant.modules import ActQuant, quantizers
+
+from .recipe import PruneSpec, QuantizeSpec
+from .stages import RunState, StageOutput, export_float, train_options
+
+
+def run_prune(spec: PruneSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Prune the current model and fine-tune it, from the teacher when asked."""
+    history: list[dict] = []
+    opts = train_options(spec.fine_tune, stage_dir, state.recipe.seed)
+    pruned = prune(
+        state.model,
+        spec.amount,
+        structured=spec.structured,
+        scope=spec.scope,
+        importance=spec.importance,
+        example_input=state.train.x[:2],
+        train_data=state.train,
+        val_data=state.val,
+        teacher=state.teacher if spec.distill_from_teacher else None,
+        on_epoch_end=lambda epoch, record: history.append(record),
+        **opts,
+    )
+    weights = save_pruned(pruned, stage_dir / "model.safetensors")
+    onnx = export_float(pruned, state, stage_dir)
+    zeros = sum(int((p == 0).sum()) for p in pruned.parameters())
+    total = sum(p.numel() for p in pruned.parameters())
+    extra = {"sparsity": zeros / max(total, 1)}
+    return StageOutput(pruned, onnx, {"weights": weights, "onnx": onnx}, history, extra=extra)
+
+
+def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 64) -> list[dict]:
+    """Histogram of the values reaching each activation quantizer, with its chosen range."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        q.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
+        for name, q in quantizers(qmodel)
+        if isinstance(q, ActQuant) and not q.dynamic and q.enabled
+    ]
+    try:
+        with torch.no_grad():
+            qmodel.eval()(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for name, q in quantizers(qmodel):
+        if name not in seen:
+            continue
+        scale, zp = float(q.effective_scale()), int(q.zero_point)
+        lo, hi = (q.qmin - zp) * scale, (q.qmax - zp) * scale
+        x = seen[name].flatten().numpy()
+        counts, edges = np.histogram(x, bins=bins, range=(min(x.min(), lo), max(x.max(), hi)))
+        out.append(
+            {
+                "layer": name,
+                "edges": edges.tolist(),
+                "counts": counts.tolist(),
+                "lo": lo,
+                "hi": hi,
+                "method": q.method,
+            }
+        )
+    return out
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an error-free layer's SQNR is recorded as null."""
+    return value if np.isfinite(value) else None
+
+
+def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Quantize the current model, export int8 ONNX, and record where the error comes from."""
+    seed = state.recipe.seed
+    calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
+    history: list[dict] = []
+    qat = {}
+    if spec.mode == "qat":
+        qat = dict(
+            train_data=state.train,
+            val_data=state.val,
+            on_epoch_end=lambda epoch, record: history.append(record),
+            **train_options(spec.qat, stage_dir, seed),
+        )
+    qmodel = quantize(
+        state.model,
+        calib,
+        mode=spec.mode,
+        method=spec.method,
+        bits=spec.bits,
+        per_channel=spec.per_channel,
+        skip=spec.skip,
+        **qat,
+    )
+    onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
+    quant: dict = {"layers": [], "histograms": [], "integer_nodes": [], "float_nodes": []}
+    errors = layer_errors(qmodel, state.model, calib)
+    drops = {}
+    if spec.sensitivity:
+        drops = {r["layer"]: r["drop"] for r in sensitivity(state.model, calib, state.val, qmodel=qmodel)}
+    for row in errors:
+        quant["layers"].append(
+            {
+                "layer": row["layer"],
+                "weight_sqnr_db": _finite(row["weight_sqnr_db"]),
+                "weight_mse": row["weight_mse"],
+                "act_sqnr_db": _finite(row["activation_sqnr_db"]),
+                "act_mse": row["activation_mse"],
+                "sensitivity_drop": drops.get(row["layer"]),
+                "kept_float": row["layer"] in spec.skip,
+            }
+        )
+    if spec.mode in ("static", "qat"):
+        quant["histograms"] = calibration_histograms(qmodel, calib.x[:256])
+    for k in kernels(onnx):
+        node = f"{k.layer} ({k.op} -> {k.runtime_op})"
+        if k.kernel == "integer":
+            quant["integer_nodes"].append(node)
+        else:
+            quant["float_nodes"].append({"node": node, "reason": k.reason})
+    report = getattr(qmodel, "quant_report", None)
+    extra = {"quant_report": report.to_dict() if hasattr(report, "to_dict") else None}
+    return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)

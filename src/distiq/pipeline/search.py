@@ -1,0 +1,128 @@
+"""Accuracy-budget search: the smallest (or fastest) int8 model within ``max_accuracy_drop`` of the teacher.
+
+Candidates combine calibrator, bit width, weight granularity, an optional extra pruning ratio and
+float fallback of the k most sensitive layers. Each is exported to ONNX and judged on the *validation*
+split in ONNX Runtime (what will ship); the chosen one is then measured on the test split by the
+runner, so tuning and reporting never see the same data. When no candidate meets the budget, the
+closest is kept and the miss is recorded: a long search never ends with nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from rich.console import Console
+from torch import nn
+
+from distiq.data.sampling import subsample
+from distiq.evaluate.api import onnx_logits
+from distiq.evaluate.latency import measure_latency
+from distiq.io import write_bytes_atomic
+from distiq.prune import prune
+from distiq.quant import export_onnx, quantize, sensitivity
+
+from .recipe import BudgetSpec
+from .stages import RunState, StageOutput, train_options
+
+console = Console(stderr=True)
+
+
+def threshold(budget: BudgetSpec, reference: float) -> float:
+    """Lowest acceptable validation accuracy (a fraction) given the teacher's."""
+    if budget.relative:
+        return reference * (1 - budget.max_accuracy_drop / 100)
+    return reference - budget.max_accuracy_drop / 100
+
+
+def _val_accuracy(path: Path, state: RunState) -> float:
+    return float((onnx_logits(path, state.val).argmax(1) == state.val.y).double().mean())
+
+
+def _pruned(state: RunState, amount: float, stage_dir: Path) -> nn.Module:
+    if amount <= 0:
+        return state.float_model
+    spec = state.recipe.prune
+    fine_tune = spec.fine_tune if spec is not None else None
+    opts = train_options(fine_tune, stage_dir / f"prune-{amount:g}", state.recipe.seed) if fine_tune else {}
+    return prune(
+        state.model,
+        amount,
+        structured=spec.structured if spec else False,
+        train_data=state.train if opts else None,
+        val_data=state.val if opts else None,
+        teacher=state.teacher if opts else None,
+        example_input=state.train.x[:2],
+        **opts,
+    )
+
+
+def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Try every candidate of ``budget.search``; keep the best that meets the budget."""
+    space = budget.search
+    seed = state.recipe.seed
+    reference = float((onnx_logits(state.teacher_onnx, state.val).argmax(1) == state.val.y).double().mean())
+    floor = threshold(budget, reference)
+    calib = subsample(state.train, min(512, len(state.train)), seed=seed)
+    example = calib.x[:1]
+    trials: list[dict] = []
+    for amount in space.prune_amounts or [0.0]:
+        base = _pruned(state, amount, stage_dir)
+        ranking = [r["layer"] for r in sensitivity(base, calib, state.val, method="minmax")]
+        grid = itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback)
+        for method, bits, per_channel, fallback in grid:
+            tid = len(trials)
+            path = stage_dir / "trials" / f"trial-{tid:03d}.onnx"
+            skip = ranking[:fallback]
+            qmodel = quantize(base, calib, method=method, bits=bits, per_channel=per_channel, skip=skip)
+            export_onnx(qmodel, path, example)
+            acc = _val_accuracy(path, state)
+            trial = {
+                "id": tid,
+                "params": {
+                    "prune": amount,
+                    "method": method,
+                    "bits": bits,
+                    "per_channel": per_channel,
+                    "float_layers": skip,
+                },
+                "val_accuracy": acc,
+                "size_bytes": path.stat().st_size,
+                "meets_budget": acc >= floor,
+                "chosen": False,
+                "file": str(path.relative_to(state.run_dir)),
+            }
+            if budget.objective == "latency":
+                trial["latency_ms"] = measure_latency(path, batch_sizes=(1,), threads=2, runs=20)[0].p50_ms
+            trials.append(trial)
+            console.print(
+                f"trial {tid}: {trial['params']} val {100 * acc:.2f}% "
+                f"{trial['size_bytes'] / 1024:.1f} KiB {'ok' if trial['meets_budget'] else 'miss'}"
+            )
+    key = "latency_ms" if budget.objective == "latency" else "size_bytes"
+    meeting = [t for t in trials if t["meets_budget"]]
+    best = (
+        min(meeting, key=lambda t: (t[key], -t["val_accuracy"]))
+        if meeting
+        else max(trials, key=lambda t: t["val_accuracy"])
+    )
+    best["chosen"] = True
+    missed_by = None if meeting else floor - best["val_accuracy"]
+    if missed_by is not None:
+        console.print(
+            f"[yellow]no candidate meets the budget; keeping trial {best['id']}, "
+            f"{100 * missed_by:.2f} points short"
+        )
+    chosen = state.run_dir / best["file"]
+    final = stage_dir / "model.onnx"
+    write_bytes_atomic(final, chosen.read_bytes())
+    search = {
+        "objective": budget.objective,
+        "budget": budget.model_dump(mode="json"),
+        "trials": trials,
+        "reference_accuracy": reference,
+        "threshold": floor,
+        "missed_by": missed_by,
+        "chosen": best["id"],
+    }
+    return StageOutput(final, final, {"onnx": final}, extra={"search": search})
