@@ -15,8 +15,10 @@ from distiq.errors import DistiqError
 from .demo import DemoOptions, run_demo
 from .distill import DistillOptions, run_distill
 from .evaluate import EvaluateOptions, run_evaluate
+from .export import ExportOptions, run_export
 from .options import command
 from .prune import register as register_prune
+from .quantize import QuantizeOptions, run_quantize
 from .report import report_command
 from .run import run_command
 from .train import TrainOptions, run_train
@@ -33,6 +35,8 @@ command(app, "demo", DemoOptions, "Teacher -> distilled student on Fashion-MNIST
 command(app, "train", TrainOptions, "Train a model (a teacher or a baseline) on a dataset.")(run_train)
 command(app, "distill", DistillOptions, "Distill a saved teacher into a student.")(run_distill)
 command(app, "evaluate", EvaluateOptions, "Evaluate saved weights or an ONNX file.")(run_evaluate)
+command(app, "quantize", QuantizeOptions, "Quantize saved weights to int8 ONNX + report.")(run_quantize)
+command(app, "export", ExportOptions, "Export saved weights to ONNX.")(run_export)
 app.command("report", help="Rebuild the HTML/Markdown/JSON report of a run directory.")(report_command)
 app.command("run")(run_command)
 register_prune(app)  # prune, sparse

@@ -1,0 +1,127 @@
+"""``distiq quantize``: saved weights -> int8 ONNX file + JSON report (accuracy, kernels, latency)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from distiq import data as dqdata
+from distiq.engine.weights import load_model
+from distiq.errors import DistiqError
+from distiq.evaluate.api import evaluate
+from distiq.io import write_json_atomic
+from distiq.quant.api import quantize
+from distiq.quant.deploy import DeploymentWarning, deploy_check
+from distiq.quant.export import export_onnx
+from distiq.quant.ptq import MODES
+from distiq.quant.sensitivity import layer_errors, mixed_precision
+
+from .common import console, load_dataset
+
+
+class QuantizeOptions(BaseModel):
+    """Options of ``distiq quantize``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Path = Field(description="Weights (.safetensors written by distiq train/distill).")
+    data: str = Field("fashion-mnist", description="Dataset name, .npz file or image folder.")
+    data_root: str | None = Field(None, description="Folder of the dataset's files.")
+    calib_samples: int = Field(512, ge=1, description="Calibration samples (stratified, train split).")
+    data_seed: int = Field(0, description="Seed of the calibration sample.")
+    mode: str = Field("static", description="static, dynamic, weight-only or qat.")
+    method: str = Field("kl", description="Activation calibrator: kl, minmax, percentile, mse, ema.")
+    bits: int = Field(8, ge=2, le=8, description="Weight bits.")
+    act_bits: int = Field(8, ge=2, le=8, description="Activation bits (ONNX export needs 8).")
+    per_channel: bool = Field(True, description="One weight scale per output channel.")
+    weight_method: str | None = Field(None, description="Weight calibrator (minmax at 8 bits, mse below).")
+    symmetric_activations: bool = Field(False, description="Signed activation grids (zero point 0).")
+    method_options: dict = Field(default_factory=dict, description="Options of the calibrator.")
+    skip: list[str] = Field(default_factory=list, description="Layers (module paths) to keep in float.")
+    budget: float | None = Field(
+        None, ge=0, description="Mixed precision: keep sensitive layers float until the drop <= this."
+    )
+    epochs: int = Field(2, ge=1, description="QAT epochs.")
+    lr: float = Field(1e-4, gt=0, description="QAT learning rate.")
+    train_samples: int | None = Field(None, ge=1, description="QAT training samples (default: all).")
+    teacher: bool = Field(True, description="QAT distils from the float model.")
+    check: bool = Field(True, description="List ORT kernels and time int8 against float.")
+    threads: int = Field(2, ge=1, description="ORT threads for the latency check.")
+    out: Path = Field(Path("runs/quantize"), description="Output folder (model.onnx, report.json).")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"expected one of {', '.join(MODES)}")
+        return mode
+
+
+def run_quantize(opts: QuantizeOptions) -> dict:
+    """Quantize, export ``model.onnx`` (and ``float.onnx``), write ``report.json``; return the report."""
+    model = load_model(opts.model).eval()
+    train = load_dataset(opts.data, "train", opts.data_root)
+    test = load_dataset(opts.data, "test", opts.data_root)
+    if train is None:
+        raise DistiqError(f"data: {opts.data} has no training split to calibrate on")
+    calib = dqdata.subsample(train, min(opts.calib_samples, len(train)), seed=opts.data_seed)
+    options = dict(
+        mode=opts.mode,
+        method=opts.method,
+        bits=opts.bits,
+        act_bits=opts.act_bits,
+        per_channel=opts.per_channel,
+        weight_method=opts.weight_method,
+        symmetric_activations=opts.symmetric_activations,
+        method_options=opts.method_options,
+        skip=opts.skip,
+    )
+    if opts.mode == "qat":
+        fit = train if opts.train_samples is None else dqdata.subsample(train, opts.train_samples)
+        options |= dict(train_data=fit, teacher=opts.teacher, epochs=opts.epochs, lr=opts.lr)
+    calib_arg = calib if opts.mode in ("static", "qat") else None
+    example = calib.x[:2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixed = None
+        if opts.budget is not None:
+            qmodel, mixed = mixed_precision(model, calib_arg, test or calib, budget=opts.budget, **options)
+        else:
+            qmodel = quantize(model, calib_arg, example_input=example, **options)
+    for w in caught:
+        console.print(f"[yellow]warning:[/yellow] {w.message}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    float_path = export_onnx(model, opts.out / "float.onnx", example)
+    int8_path = export_onnx(qmodel, opts.out / "model.onnx", example)
+    report: dict = {
+        "command": "quantize",
+        "options": opts.model_dump(mode="json"),
+        "quantization": qmodel.quant_report.to_dict(),
+        "files": {
+            "float_onnx": str(float_path),
+            "onnx": str(int8_path),
+            "float_bytes": float_path.stat().st_size,
+            "bytes": int8_path.stat().st_size,
+            "size_ratio": int8_path.stat().st_size / float_path.stat().st_size,
+        },
+        "layer_errors": layer_errors(qmodel, model, calib, batches=2),
+        "mixed_precision": mixed,
+    }
+    if test is not None:
+        report["accuracy"] = {
+            "float": evaluate(model, test)["accuracy"],
+            "simulated": evaluate(qmodel, test)["accuracy"],
+            "onnx": evaluate(int8_path, test)["accuracy"],
+        }
+    if opts.check:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeploymentWarning)
+            deploy = deploy_check(float_path, int8_path, threads=opts.threads, repeats=20)
+        report["deploy"] = deploy.to_dict()
+        for message in deploy.warnings:
+            console.print(f"[bold red]WARNING: {message}[/bold red]")
+    write_json_atomic(opts.out / "report.json", report)
+    console.print(f"{report.get('accuracy', {})}  size x{report['files']['size_ratio']:.2f}")
+    console.print(f"results in [bold]{opts.out}[/bold]")
+    return report
