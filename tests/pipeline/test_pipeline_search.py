@@ -1,0 +1,69 @@
+"""Accuracy-budget search: threshold arithmetic, choice within budget, closest kept when none meets it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import distiq.pipeline as pipeline
+from distiq.pipeline.recipe import BudgetSpec
+from distiq.pipeline.search import threshold
+
+
+def test_threshold_points_and_relative():
+    assert threshold(BudgetSpec(max_accuracy_drop=1.0), 0.92) == pytest.approx(0.91)
+    assert threshold(BudgetSpec(max_accuracy_drop=1.0, relative=True), 0.92) == pytest.approx(0.92 * 0.99)
+
+
+def recipe(drop: float) -> dict:
+    return {
+        "name": "search",
+        "data": {"name": "digits", "subsample": 500},
+        "teacher": {"model": "mlp", "model_options": {"hidden": [64]}, "train": {"epochs": 4, "lr": 0.01}},
+        "distill": {
+            "student": "mlp",
+            "student_options": {"hidden": [32]},
+            "train": {"epochs": 4, "lr": 0.01},
+        },
+        "evaluate": {"latency": False, "robustness": False, "bootstrap": 0},
+        "budget": {
+            "max_accuracy_drop": drop,
+            "search": {"methods": ["minmax", "percentile"], "bits": [8, 4], "float_fallback": [0]},
+        },
+        "report": False,
+    }
+
+
+def test_generous_budget_picks_the_smallest_meeting_candidate(tmp_path):
+    result = pipeline.run(recipe(drop=50.0), tmp_path)
+    search = json.loads((tmp_path / "run.json").read_text())["search"]
+    trials = search["trials"]
+    assert len(trials) == 4 and search["missed_by"] is None
+    meeting = [t for t in trials if t["val_accuracy"] >= search["threshold"]]
+    assert [t["meets_budget"] for t in trials] == [t in meeting for t in trials]
+    chosen = [t for t in trials if t["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["size_bytes"] == min(t["size_bytes"] for t in meeting)
+    smallest = [t for t in meeting if t["size_bytes"] == chosen[0]["size_bytes"]]
+    assert chosen[0]["val_accuracy"] == max(t["val_accuracy"] for t in smallest)  # ties: most accurate
+    assert result.stages[-1].kind == "search"
+    assert result.stages[-1].metrics["size_bytes"] == chosen[0]["size_bytes"]
+
+
+def test_impossible_budget_keeps_the_closest_and_says_by_how_much(tmp_path):
+    pipeline.run(
+        recipe(drop=-0.0)
+        | {
+            "budget": {
+                "max_accuracy_drop": 0.0,
+                "relative": True,
+                "search": {"methods": ["minmax"], "bits": [2], "float_fallback": [0]},
+            }
+        },
+        tmp_path,
+    )
+    search = json.loads((tmp_path / "run.json").read_text())["search"]
+    best = max(search["trials"], key=lambda t: t["val_accuracy"])
+    assert best["chosen"] and not best["meets_budget"]
+    assert search["missed_by"] == pytest.approx(search["threshold"] - best["val_accuracy"])
+    assert (tmp_path / "stages" / "02-search" / "model.onnx").exists()
