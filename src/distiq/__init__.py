@@ -3,13 +3,14 @@
 ``import distiq as dq``; the public names are listed in ``__all__`` (and in the shared API.md).
 """
 
-from . import data, models
+from . import data, models, quant
 from .distill import functional as losses
 from .distill.api import distill
 from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
+from .quant import calibrate, export_onnx, quantize
 from .registry import Registry
 from .workflow import run
 
@@ -19,6 +20,10 @@ __all__ = [
     "DataError",
     "DistiqError",
     "Registry",
+    "calibrate",
+    "export_onnx",
+    "quant",
+    "quantize",
     "TrainResult",
     "data",
     "distill",

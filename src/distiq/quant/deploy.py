@@ -1,0 +1,290 @@
+"""Deployability: which nodes ONNX Runtime runs with integer kernels, and is int8 actually faster?
+
+A QDQ file only says "these tensors may be int8"; whether the runtime fuses ``DQ -> Conv -> Q`` into
+``QLinearConv`` depends on details (a float bias, a missing output quantizer, a ReLU it cannot drop, an
+op with no integer kernel). When it does not, the "quantized" model silently runs float kernels plus
+conversions and is *slower* than the float model. This module asks ORT itself: it loads the file with
+``optimized_model_filepath`` set, reads back the graph ORT will execute, names every compute node's
+kernel (integer or float) with the reason read off the QDQ pattern around it, and times float against
+int8 sessions, interleaved so that load on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+INTEGER_OPS = {
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+    "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+    "QAttention", "DynamicQuantizeLSTM", "QLinearReduceMean", "MatMulNBits",
+}  # fmt: skip
+FLOAT_COMPUTE_OPS = {
+    "Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose",
+    "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "Einsum",
+}  # fmt: skip
+WEIGHTED_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose", "LSTM", "GRU", "RNN"}
+
+
+class DeploymentWarning(UserWarning):
+    """The int8 model will not run as expected (float kernels, or no faster than float)."""
+
+
+@dataclass
+class NodeKernel:
+    """How ONNX Runtime will execute one compute node of the file.
+
+    Attributes:
+        layer: The layer it comes from (module path read off its weight), or its output's name.
+        op: Op type in the file.
+        kernel: "integer" or "float".
+        runtime_op: Op type ORT runs after its graph optimisations (e.g. "QLinearConv").
+        reason: Why it stays float (empty for integer kernels).
+    """
+
+    layer: str
+    op: str
+    kernel: str
+    runtime_op: str
+    reason: str = ""
+
+
+@dataclass
+class DeployReport:
+    """Integer/float kernels before and after quantizing, latencies, and warnings.
+
+    Attributes:
+        before: Kernels of the float file.
+        after: Kernels of the quantized file.
+        latency: ``{batch: {"float_ms", "int8_ms", "ratio"}}`` (ratio = int8 / float time).
+        warnings: Problems found (also raised as :class:`DeploymentWarning`).
+    """
+
+    before: list[NodeKernel] = field(default_factory=list)
+    after: list[NodeKernel] = field(default_factory=list)
+    latency: dict[int, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The quantized file's kernels as a markdown table."""
+        rows = ["| layer | op | ORT kernel | runs as | why float |", "|---|---|---|---|---|"]
+        rows += [f"| {n.layer} | {n.op} | {n.kernel} | {n.runtime_op} | {n.reason} |" for n in self.after]
+        return "\n".join(rows)
+
+
+def _layer_name(weight: str) -> str:
+    for suffix in (".weight_int8", ".weight_t", ".weight_quantized", ".weight"):
+        if weight.endswith(suffix):
+            return weight[: -len(suffix)]
+    return weight
+
+
+def _why_float(node: onnx.NodeProto, producers: dict, consumers: dict, inits: dict) -> tuple[str, str]:
+    """``(layer, reason)`` for a compute node of the file, the reason empty when the QDQ pattern
+    around it is one ORT fuses into an integer kernel."""
+
+    def producer_op(name: str) -> str | None:
+        p = producers.get(name)
+        return p.op_type if p is not None else None
+
+    weight = node.input[1] if len(node.input) > 1 else ""
+    w_src = producers.get(weight)
+    if w_src is not None and w_src.op_type == "DequantizeLinear":
+        layer = _layer_name(w_src.input[0])
+    else:
+        layer = _layer_name(weight) if weight in inits else node.output[0]
+    if node.op_type not in WEIGHTED_OPS - {"LSTM", "GRU", "RNN", "ConvTranspose"}:
+        return layer, f"ORT has no integer kernel for {node.op_type} in QDQ form"
+    if w_src is None or w_src.op_type != "DequantizeLinear":
+        return layer, "weights are float (layer not quantized)"
+    if producer_op(node.input[0]) != "DequantizeLinear":
+        return layer, "input is not quantized (no DequantizeLinear before it)"
+    if len(node.input) > 2 and node.input[2]:
+        b_src = producers.get(node.input[2])
+        is_dq = b_src is not None and b_src.op_type == "DequantizeLinear"
+        b_init = inits.get(b_src.input[0]) if is_dq else None
+        if b_init is None or b_init.data_type != onnx.TensorProto.INT32:
+            return layer, "bias is not int32 with scale input_scale x weight_scale"
+    if node.op_type == "Conv":
+        readers = consumers.get(node.output[0], [])
+        if len(readers) == 1 and readers[0].op_type == "Relu":
+            readers = consumers.get(readers[0].output[0], [])
+        if not readers or any(r.op_type != "QuantizeLinear" for r in readers):
+            return layer, "output is not quantized (no QuantizeLinear after it)"
+    return layer, ""
+
+
+def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
+    """The compute nodes of an ONNX file and the kernels ONNX Runtime's CPU provider will use.
+
+    ORT optimises the graph (extended level: the QDQ fusions, without hardware-specific layout
+    changes) and writes it out; nodes whose output survives under an integer op count as integer.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    result = []
+    dynamic = {n.output[0] for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger")}
+    for node in graph.node:
+        if node.op_type in ("MatMulInteger", "ConvInteger"):
+            layer = _layer_name(node.input[1])
+            after = _runtime_op(node, producers, consumers, optimized)
+            result.append(NodeKernel(layer, node.op_type, "integer", after))
+            continue
+        if node.op_type not in FLOAT_COMPUTE_OPS or node.input[0] in dynamic:
+            continue
+        layer, reason = _why_float(node, producers, consumers, inits)
+        after = _runtime_op(node, producers, consumers, optimized)
+        integer = after in INTEGER_OPS
+        if integer:
+            reason = ""
+        elif not reason:
+            reason = f"ORT kept {node.op_type} in float"
+        result.append(NodeKernel(layer, node.op_type, "integer" if integer else "float", after, reason))
+    return result
+
+
+def _runtime_op(node: onnx.NodeProto, producers: dict, consumers: dict, optimized) -> str:
+    """The op ORT executes for ``node``: the optimised node reading the same weight (an integer kernel
+    reads the int8 initializer itself, a float one the DequantizeLinear's output), else the one making
+    ``node``'s output or the output of the Relu/Q chain ORT fused it with."""
+    weight = node.input[1] if len(node.input) > 1 else ""
+    names = {weight} | ({producers[weight].input[0]} if weight in producers else set())
+    for candidate in optimized.graph.node:
+        if candidate.op_type not in ("DequantizeLinear", "QuantizeLinear") and names & set(candidate.input):
+            return candidate.op_type
+    runtime = {o: n.op_type for n in optimized.graph.node for o in n.output}
+    frontier, seen = list(node.output), list(node.output)
+    for _ in range(3):
+        frontier = [o for n in frontier for r in consumers.get(n, []) for o in r.output]
+        seen += frontier
+    return next((runtime[n] for n in seen if n in runtime), "fused")
+
+
+def _session(path: str | os.PathLike[str], threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle worker threads otherwise spin after each run, stealing the CPU from the next session timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_latency(
+    paths: dict[str, str | os.PathLike[str]],
+    batch_sizes: tuple[int, ...] = (1, 256),
+    *,
+    threads: int = 2,
+    repeats: int = 30,
+    warmup: int = 3,
+    seconds: float | None = None,
+    seed: int = 0,
+) -> dict[int, dict[str, float]]:
+    """Median ORT latency (ms) of several files at each batch size, measured interleaved.
+
+    Rounds run every file once in turn (each round starting one file later, so no file always
+    follows the same one), so a burst of load from another process slows all of them alike instead
+    of biasing whichever happened to run then; worker threads do not spin between runs.
+
+    Args:
+        paths: Label -> ONNX file (same input shape).
+        batch_sizes: Batch sizes to time.
+        threads: ORT intra-op threads.
+        repeats: Timed rounds per batch size.
+        warmup: Untimed rounds first.
+        seconds: Stop a batch size's rounds early after this long (at least 5 rounds are kept).
+        seed: Seed of the random input.
+    """
+    sessions = {label: _session(p, threads) for label, p in paths.items()}
+    first = next(iter(sessions.values()))
+    meta = first.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in meta.shape[1:]]
+    rng = np.random.default_rng(seed)
+    out: dict[int, dict[str, float]] = {}
+    for batch in batch_sizes:
+        x = rng.random((batch, *shape), dtype=np.float32)
+        times: dict[str, list[float]] = {label: [] for label in sessions}
+        start = time.perf_counter()
+        labels = list(sessions)
+        for r in range(warmup + repeats):
+            for i in range(len(labels)):
+                label = labels[(i + r) % len(labels)]
+                sess = sessions[label]
+                t0 = time.perf_counter()
+                sess.run(None, {sess.get_inputs()[0].name: x})
+                if r >= warmup:
+                    times[label].append(time.perf_counter() - t0)
+            if seconds is not None and r >= warmup + 5 and time.perf_counter() - start > seconds:
+                break
+        out[batch] = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+    return out
+
+
+def deploy_check(
+    float_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 256),
+    threads: int = 2,
+    repeats: int = 30,
+    warn: bool = True,
+) -> DeployReport:
+    """Kernels before/after quantizing and int8-vs-float latency; warns loudly when int8 is not faster.
+
+    Args:
+        float_path: The float ONNX file.
+        int8_path: The quantized ONNX file of the same model.
+        batch_sizes: Batch sizes to time (none: skip timing).
+        threads: ORT intra-op threads.
+        repeats: Timed rounds per batch size.
+        warn: Raise :class:`DeploymentWarning` for each problem (they are listed in the report anyway).
+    """
+    report = DeployReport(before=kernels(float_path), after=kernels(int8_path))
+    floats = [n for n in report.after if n.kernel == "float"]
+    for n in floats:
+        report.warnings.append(f"{n.layer} ({n.op}) runs a float kernel: {n.reason}")
+    if batch_sizes:
+        timed = compare_latency(
+            {"float": float_path, "int8": int8_path}, batch_sizes, threads=threads, repeats=repeats
+        )
+        for batch, t in timed.items():
+            ratio = t["int8"] / t["float"]
+            report.latency[batch] = {"float_ms": t["float"], "int8_ms": t["int8"], "ratio": ratio}
+            if ratio >= 1.0:
+                report.warnings.append(
+                    f"INT8 IS NOT FASTER at batch {batch}: {t['int8']:.3f} ms vs float "
+                    f"{t['float']:.3f} ms ({threads} threads) — deploy the float model, or check the "
+                    "float kernels listed above"
+                )
+    if warn:
+        for message in report.warnings:
+            warnings.warn(message, DeploymentWarning, stacklevel=2)
+    return report

@@ -1,0 +1,153 @@
+"""Export: int8 QDQ files that pass the checker, hold integer weights, run on ORT's integer kernels and
+agree with the simulated model; dynamic and float exports; atomic writes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import distiq as dq
+from distiq.errors import DistiqError
+from distiq.quant import export_onnx, kernels, quantize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is faster, and on a shared machine far steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, test = dq.data.load("digits", "train"), dq.data.load("digits", "test")
+    return train, test
+
+
+def _trained(name: str, digits, epochs: int = 3, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = dq.models.create(name, image_size=8, **options)
+    dq.train(model, digits[0], epochs=epochs, lr=3e-3, batch_size=64, progress=False)
+    return model.eval()
+
+
+def _run(path, x: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x.numpy()})[0]
+
+
+@pytest.fixture(scope="module")
+def static(digits, tmp_path_factory):
+    model = _trained("vgg-small", digits)
+    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax")
+    out = tmp_path_factory.mktemp("static")
+    example = digits[0].x[:1]  # batch 1: the batch dimension must stay dynamic anyway
+    return (
+        model,
+        q,
+        export_onnx(model, out / "float.onnx", example),
+        export_onnx(q, out / "int8.onnx", example),
+    )
+
+
+def test_static_file_is_valid_small_and_integer(static):
+    _, _, float_path, int8_path = static
+    proto = onnx.load(str(int8_path))
+    onnx.checker.check_model(proto, full_check=True)
+    inits = {i.name: i for i in proto.graph.initializer}
+    dq_inputs = [n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    weights = [inits[name] for name in dq_inputs if name.endswith(".weight_int8")]
+    assert len(weights) == 6 and all(w.data_type == onnx.TensorProto.INT8 for w in weights)
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] in inits for n in proto.graph.node)
+    big_floats = [
+        i.name for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT and len(i.raw_data) > 1024
+    ]
+    assert big_floats == []
+    assert os.path.getsize(int8_path) <= 0.3 * os.path.getsize(float_path)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+def test_ort_runs_integer_kernels(static):
+    found = kernels(static[3])
+    assert [k.layer for k in found] == [f"features.conv{i}" for i in range(1, 6)] + ["classifier.fc"]
+    assert all(k.kernel == "integer" for k in found), found
+    assert {k.runtime_op for k in found} == {"QLinearConv", "QGemm"}
+    before = kernels(static[2])
+    assert all(k.kernel == "float" and "weights are float" in k.reason for k in before)
+
+
+def test_simulation_and_ort_agree(static, digits):
+    model, q, float_path, int8_path = static
+    x = digits[1].x
+    with torch.no_grad():
+        sim, ref = q(x).numpy(), model(x).numpy()
+    got = _run(int8_path, x)
+    assert (sim.argmax(1) == got.argmax(1)).mean() >= 0.99
+    scale = np.abs(sim).max()
+    assert np.median(np.abs(sim - got)) <= 1e-3 * scale and np.abs(sim - got).max() <= 0.05 * scale
+    assert np.allclose(_run(float_path, x), ref, atol=1e-4)
+    y = digits[1].y.numpy()
+    assert abs((got.argmax(1) == y).mean() - (ref.argmax(1) == y).mean()) <= 0.02
+
+
+def test_dynamic_export_uses_integer_matmul(digits, tmp_path):
+    model = _trained("mlp", digits, hidden=(64, 32))
+    q = quantize(model, mode="dynamic", example_input=digits[0].x[:2])
+    path = export_onnx(q, tmp_path / "dyn.onnx", digits[0].x[:2])
+    found = kernels(path)
+    assert [k.op for k in found] == ["MatMulInteger"] * 3
+    assert {k.runtime_op for k in found} <= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    x = digits[1].x
+    with torch.no_grad():
+        sim = q(x).numpy()
+    got = _run(path, x)
+    assert (sim.argmax(1) == got.argmax(1)).mean() >= 0.99
+    diff, scale = np.abs(sim - got), np.abs(sim).max()
+    assert np.median(diff) <= 1e-4 * scale and diff.max() <= 0.05 * scale
+
+
+def test_int4_weight_only_export(digits, tmp_path):
+    model = _trained("lenet5", digits)
+    q = quantize(model, mode="weight-only", bits=4, example_input=digits[0].x[:2])
+    path = export_onnx(q, tmp_path / "w4.onnx", digits[0].x[:2])
+    proto = onnx.load(str(path))
+    ints = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith(".weight_int8")]
+    assert len(ints) == 5 and all(a.min() >= -7 and a.max() <= 7 for a in ints)
+    with torch.no_grad():
+        sim = q(digits[1].x).numpy()
+    assert np.allclose(_run(path, digits[1].x), sim, atol=1e-4)
+    assert all(k.kernel == "float" for k in kernels(path))  # weight-only: float compute by design
+
+
+def test_failed_export_leaves_the_old_file(digits, tmp_path):
+    model = dq.models.create("lenet5", image_size=8).eval()
+    q = quantize(model, digits[0].x[:64], act_bits=4, method="minmax")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(DistiqError, match="4-bit activations"):
+        export_onnx(q, path, digits[0].x[:2])
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_residual_network_runs_integer_adds(digits, tmp_path):
+    model = _trained("resnet8", digits, epochs=1, width=0.5)
+    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax", per_channel=False)
+    path = export_onnx(q, tmp_path / "r8.onnx", digits[0].x[:2])
+    assert all(k.kernel == "integer" for k in kernels(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearAdd") >= 2  # the residual sums whose output feeds a quantized conv
+    with torch.no_grad():
+        sim = q(digits[1].x).numpy()
+    assert (sim.argmax(1) == _run(path, digits[1].x).argmax(1)).mean() >= 0.99
