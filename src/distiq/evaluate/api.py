@@ -144,6 +144,7 @@ class EvaluationReport:
         robustness: Accuracy under corruptions, when asked for.
         latency: ONNX Runtime timings per batch size, when asked for.
         complexity: Parameters, MACs per sample and ONNX file size.
+        notes: What could not be measured and why (e.g. a module ONNX export does not support).
     """
 
     n: int
@@ -158,6 +159,7 @@ class EvaluationReport:
     robustness: RobustnessResult | None = None
     latency: list[LatencyResult] = field(default_factory=list)
     complexity: Complexity | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -239,20 +241,29 @@ def evaluate_full(
         }
     if corruptions:
         report.robustness = robustness(predict, arrays, corruptions, severities, seed=seed)
-    with as_onnx(model, arrays.input_shape) as onnx_path:
-        report.complexity = onnx_complexity(onnx_path)
-        if isinstance(model, nn.Module):  # hooks see the module as it runs, shared weights once
-            macs, per_layer = count_macs(model, arrays.input_shape)
-            report.complexity.parameters = count_parameters(model)
-            report.complexity.macs, report.complexity.macs_per_layer = macs, per_layer
-        if latency_batch_sizes:
-            report.latency = measure_latency(
-                onnx_path,
-                arrays.input_shape,
-                batch_sizes=latency_batch_sizes,
-                threads=threads,
-                warmup=warmup,
-                runs=runs,
-                seed=seed,
+    if isinstance(model, nn.Module):  # hooks see the module as it runs, shared weights once
+        macs, per_layer = count_macs(model, arrays.input_shape)
+        report.complexity = Complexity(count_parameters(model), macs, per_layer)
+    try:
+        with as_onnx(model, arrays.input_shape) as onnx_path:
+            _measure_onnx(
+                report, onnx_path, arrays.input_shape, latency_batch_sizes, threads, warmup, runs, seed
             )
+    except Exception as e:  # a module ONNX cannot export still gets its other measurements
+        if not isinstance(model, nn.Module):
+            raise
+        report.notes.append(f"no ONNX file size or latency: export failed ({type(e).__name__}: {e})")
     return report
+
+
+def _measure_onnx(report, path, input_shape, batch_sizes, threads, warmup, runs, seed) -> None:
+    """File size (and, for a file given by the user, parameters and MACs) and latency of ``path``."""
+    onnx_cost = onnx_complexity(path)
+    if report.complexity is None:
+        report.complexity = onnx_cost
+    else:
+        report.complexity.file_bytes = onnx_cost.file_bytes
+    if batch_sizes:
+        report.latency = measure_latency(
+            path, input_shape, batch_sizes=batch_sizes, threads=threads, warmup=warmup, runs=runs, seed=seed
+        )

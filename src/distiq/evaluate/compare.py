@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from distiq.data.arrays import as_arrays
 
 from .metrics import accuracy, confusion_matrix, f1_macro, per_class_accuracy, per_class_f1
-from .stats import McNemarResult, _ints, mcnemar
+from .stats import McNemarResult, int_array, mcnemar
 
 
 @dataclass
@@ -57,7 +57,7 @@ def prediction_flips(
     target: torch.Tensor | np.ndarray,
 ) -> Flips:
     """Count where ``candidate_pred`` differs from ``reference_pred`` and in which direction."""
-    r, c, y = _ints(reference_pred), _ints(candidate_pred), _ints(target)
+    r, c, y = int_array(reference_pred), int_array(candidate_pred), int_array(target)
     if not len(r) == len(c) == len(y):
         raise ValueError(f"need equally many predictions and targets, got {len(r)}, {len(c)}, {len(y)}")
     changed = r != c
@@ -99,7 +99,7 @@ def per_class_degradation(
 
     Sorted by class index; ``max(changes, key=lambda c: c.accuracy_drop)`` is the most damaged class.
     """
-    r, c, y = (torch.from_numpy(_ints(v)) for v in (reference_pred, candidate_pred, target))
+    r, c, y = (torch.from_numpy(int_array(v)) for v in (reference_pred, candidate_pred, target))
     k = num_classes or int(max(r.max(), c.max(), y.max())) + 1
     names = [*(classes or [])][:k]
     names += [str(i) for i in range(len(names), k)]
@@ -166,7 +166,7 @@ def compare_predictions(
     classes: Sequence[str] | None = None,
 ) -> Comparison:
     """:class:`Comparison` of two prediction vectors on the same samples."""
-    r, c, y = (torch.from_numpy(_ints(v)) for v in (reference_pred, candidate_pred, target))
+    r, c, y = (torch.from_numpy(int_array(v)) for v in (reference_pred, candidate_pred, target))
     k = num_classes or int(max(r.max(), c.max(), y.max())) + 1
     cm_r, cm_c = confusion_matrix(r, y, k), confusion_matrix(c, y, k)
     return Comparison(

@@ -29,7 +29,7 @@ def per_class_f1(cm: torch.Tensor) -> torch.Tensor:
 @METRICS.register("accuracy")
 def accuracy(cm: torch.Tensor) -> float:
     """Fraction of samples predicted correctly."""
-    return float(cm.diag().sum() / cm.sum().clamp_min(1))
+    return float(cm.diag().sum().double() / cm.sum().clamp_min(1))  # float64: exact k / n
 
 
 @METRICS.register("f1_macro")

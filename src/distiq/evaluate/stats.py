@@ -22,7 +22,8 @@ from scipy import stats as sstats
 from .metrics import METRICS
 
 
-def _ints(values: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
+def int_array(values: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
+    """Predictions or labels in any form as a flat int64 numpy array."""
     if torch.is_tensor(values):
         values = values.detach().cpu().numpy()
     return np.asarray(values).astype(np.int64).ravel()
@@ -161,7 +162,7 @@ def bootstrap_ci(
         seed: Seed of the resampling; same seed, same interval.
     """
     fn = METRICS.get(metric)
-    p, y = _ints(pred), _ints(target)
+    p, y = int_array(pred), int_array(target)
     if len(p) != len(y) or len(p) == 0:
         raise ValueError(f"need equally many predictions and targets (> 0), got {len(p)} and {len(y)}")
     k = num_classes or int(max(p.max(), y.max())) + 1
@@ -231,7 +232,7 @@ def mcnemar(
             ``b + c < exact_below``, where the chi-square approximation is poor.
         exact_below: The threshold for ``exact=None``.
     """
-    a, b_, y = _ints(pred_a), _ints(pred_b), _ints(target)
+    a, b_, y = int_array(pred_a), int_array(pred_b), int_array(target)
     if not len(a) == len(b_) == len(y):
         raise ValueError(f"need equally many predictions and targets, got {len(a)}, {len(b_)}, {len(y)}")
     ok_a, ok_b = a == y, b_ == y
