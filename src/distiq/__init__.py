@@ -6,6 +6,7 @@
 from . import data, models, quant
 from .distill import functional as losses
 from .distill.api import distill
+from .distill.concept import distill_concepts
 from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
@@ -27,6 +28,7 @@ __all__ = [
     "TrainResult",
     "data",
     "distill",
+    "distill_concepts",
     "evaluate",
     "load_model",
     "load_weights",

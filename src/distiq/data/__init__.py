@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from distiq.data.arrays import ArrayDataset, as_arrays, load_npz
+from distiq.data.concepts import ConceptMapping, builtin_mappings, load_mapping, to_concepts
 from distiq.data.digits import load_digits
 from distiq.data.fashion_mnist import load_fashion_mnist
 from distiq.data.folder import load_folder
@@ -45,6 +46,10 @@ def load(name: str, split: str = "train", root: str | os.PathLike[str] | None = 
 
 __all__ = [
     "ArrayDataset",
+    "ConceptMapping",
+    "builtin_mappings",
+    "load_mapping",
+    "to_concepts",
     "DATASETS",
     "Normalizer",
     "as_arrays",

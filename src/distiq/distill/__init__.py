@@ -2,6 +2,7 @@
 
 from . import functional
 from .api import distill
+from .concept import ConceptDistillObjective, concept_kd, concept_probabilities, distill_concepts
 from .features import AttentionTerm, HintTerm, MergeTerm
 from .logits import LOGIT_LOSSES, make_logit_loss
 from .objective import DistillObjective, FeatureSpec
@@ -9,6 +10,10 @@ from .offline import teacher_logits
 from .schemes import freeze_, init_from_teacher_
 
 __all__ = [
+    "ConceptDistillObjective",
+    "concept_kd",
+    "concept_probabilities",
+    "distill_concepts",
     "LOGIT_LOSSES",
     "AttentionTerm",
     "DistillObjective",
