@@ -151,7 +151,8 @@ def main() -> None:
     lines = [
         f"# Concept distillation on Fashion-MNIST (10 classes -> 4 concepts): {title}",
         "",
-        f"Teacher: vgg-small width 0.5 ({teacher_src}); on the {judged_on}: 10-class accuracy "
+        f"Teacher: vgg-small width {teacher.config.get('width')} ({teacher_src}); "
+        f"on the {judged_on}: 10-class accuracy "
         f"{100 * t_fine:.2f}%, its predictions mapped to concepts {100 * t_acc:.2f}%. "
         f"Student: vgg-small width {STUDENT['width']} with 4 outputs, {n_params:,} parameters. Every "
         f"student: {args.epochs} epochs, Adam lr 3e-3 cosine, batch 128, the same stratified transfer "
