@@ -70,6 +70,9 @@ def test_second_run_reuses_unchanged_stages_and_reruns_changed_ones(tmp_path):
     assert again.stage("distill").metrics["accuracy"] == first.stage("distill").metrics["accuracy"]
     changed = pipeline.run(quick_recipe(temperature=2.0), tmp_path)
     assert [s.skipped for s in changed.stages] == [True, False]
+    flips = changed.stage("distill").metrics["vs_teacher"]["flips"]
+    assert flips["flipped"] == flips["correct_to_wrong"] + flips["wrong_to_correct"] + flips["wrong_to_wrong"]
+    assert flips["agreement"] == pytest.approx(changed.stage("distill").metrics["agreement_with_teacher"])
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["finished"] and [s["kind"] for s in info["stages"]] == ["teacher", "distill"]
     assert (tmp_path / "recipe.yaml").exists()

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from distiq.data.sampling import subsample
+from distiq.engine.batches import predict_logits
+from distiq.evaluate.stats import spread
 from distiq.prune import prune
 from distiq.prune.structured import save_pruned
 from distiq.quant import export_onnx, kernels, layer_errors, quantize, sensitivity
@@ -81,6 +83,24 @@ def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 6
     return out
 
 
+def calibration_spread(state: RunState, spec: QuantizeSpec, repeats: int) -> dict:
+    """Validation accuracy of static PTQ with ``repeats`` different calibration subsets: how much the
+    result depends on which images happened to be used for calibration."""
+    accs = []
+    for k in range(repeats):
+        calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=1000 + k)
+        qmodel = quantize(
+            state.model,
+            calib,
+            method=spec.method,
+            bits=spec.bits,
+            per_channel=spec.per_channel,
+            skip=spec.skip,
+        )
+        accs.append(float((predict_logits(qmodel, state.val).argmax(1) == state.val.y).double().mean()))
+    return {"val_accuracy": accs, **spread(accs).to_dict()}
+
+
 def _finite(value: float) -> float | None:
     """JSON has no infinity: an error-free layer's SQNR is recorded as null."""
     return value if np.isfinite(value) else None
@@ -135,6 +155,8 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
             quant["integer_nodes"].append(node)
         else:
             quant["float_nodes"].append({"node": node, "reason": k.reason})
+    if spec.mode in ("static", "qat") and spec.calib_repeats > 1:
+        quant["calibration_spread"] = calibration_spread(state, spec, spec.calib_repeats)
     report = getattr(qmodel, "quant_report", None)
     extra = {"quant_report": report.to_dict() if hasattr(report, "to_dict") else None}
     return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)

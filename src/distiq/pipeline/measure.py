@@ -16,6 +16,7 @@ from distiq.data.arrays import ArrayDataset
 from distiq.engine.batches import predict_logits
 from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.calibration import expected_calibration_error
+from distiq.evaluate.compare import compare_predictions
 from distiq.evaluate.complexity import onnx_complexity
 from distiq.evaluate.latency import measure_latency
 from distiq.evaluate.metrics import accuracy, confusion_matrix, f1_macro, per_class_f1
@@ -65,6 +66,10 @@ def measure(
     }
     if teacher_pred is not None:
         metrics["agreement_with_teacher"] = float((pred == teacher_pred).double().mean())
+        # flips, per-class degradation and McNemar's paired test against the teacher
+        metrics["vs_teacher"] = compare_predictions(
+            teacher_pred, pred, test.y, cm.shape[0], list(test.classes)
+        ).to_dict()
     if spec.bootstrap:
         ci = bootstrap_ci(pred, test.y, "accuracy", n_resamples=spec.bootstrap, seed=seed)
         metrics["ci95"] = [ci.low, ci.high]

@@ -99,6 +99,7 @@ class QuantizeSpec(Strict):
     calib_samples: int = Field(512, ge=1)
     skip: list[str] = Field(default_factory=list, description="Layers kept in float.")
     sensitivity: bool = Field(True, description="Rank layers by the accuracy drop of each alone.")
+    calib_repeats: int = Field(3, ge=0, description="Calibration subsets for the calibration-set spread.")
     qat: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-4), description="QAT training.")
 
 
