@@ -78,3 +78,25 @@ def test_distill_alpha_weights_distillation_term():
     dq.distill(teacher, b, shuffled, alpha=1.0, epochs=2, progress=False)
     for k, v in a.state_dict().items():
         assert torch.allclose(v, b.state_dict()[k]), k
+
+
+def test_quantization_pruning_and_pipeline_names():
+    for name in ("calibrate", "quantize", "export_onnx", "prune", "run", "distill_concepts"):
+        assert callable(getattr(dq, name)), name
+    assert callable(dq.sparse.save) and callable(dq.sparse.load)
+    p = params(dq.quantize)
+    assert (p["mode"].default, p["method"].default, p["bits"].default, p["per_channel"].default) == (
+        "static",
+        "kl",
+        8,
+        True,
+    )
+    p = params(dq.prune)
+    assert (p["structured"].default, p["scope"].default, p["importance"].default) == (False, "global", "l1")
+    p = params(dq.calibrate)
+    assert (p["method"].default, p["bits"].default, p["symmetric"].default, p["axis"].default) == (
+        "minmax",
+        8,
+        True,
+        None,
+    )

@@ -11,6 +11,7 @@ from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
+from .prune import prune, sparse
 from .quant import calibrate, export_onnx, quantize
 from .registry import Registry
 from .workflow import run
@@ -23,6 +24,7 @@ __all__ = [
     "Registry",
     "calibrate",
     "export_onnx",
+    "prune",
     "quant",
     "quantize",
     "TrainResult",
@@ -36,5 +38,6 @@ __all__ = [
     "models",
     "run",
     "save_weights",
+    "sparse",
     "train",
 ]
