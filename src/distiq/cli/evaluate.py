@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from distiq.engine.weights import load_model
+from distiq.prune.structured import load_pruned
 from distiq.errors import DistiqError
 from distiq.evaluate.api import evaluate
 
@@ -31,7 +31,7 @@ def run_evaluate(opts: EvaluateOptions) -> dict:
     data = load_dataset(opts.data, opts.split, opts.data_root)
     if data is None:
         raise DistiqError(f"data: {opts.data} has no {opts.split!r} split")
-    model = opts.model if opts.model.suffix == ".onnx" else load_model(opts.model)
+    model = opts.model if opts.model.suffix == ".onnx" else load_pruned(opts.model)
     result = evaluate(model, data, opts.metrics, batch_size=opts.batch_size)
     print(json.dumps(result))
     return result
