@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from distiq.prune.structured import load_pruned
 from distiq.errors import DistiqError
 from distiq.evaluate.api import evaluate
+from distiq.prune.structured import load_pruned
 
 from .common import load_dataset
 
