@@ -75,8 +75,12 @@ def main() -> None:
         default=1,
         help="torch threads (1 keeps timings stable on a shared 2-core machine)",
     )
-    ap.add_argument("--transfer", type=int, default=5000,
-                    help="transfer-set size: the student sees this many labelled samples")
+    ap.add_argument(
+        "--transfer",
+        type=int,
+        default=5000,
+        help="transfer-set size: the student sees this many labelled samples",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
