@@ -84,3 +84,17 @@ def test_missing_dataset_falls_back_and_says_so(tmp_path, monkeypatch):
     result = pipeline.run(recipe, tmp_path / "run")
     assert result.dataset == "digits"
     assert any("fashion-mnist" in n for n in json.loads((tmp_path / "run" / "run.json").read_text())["notes"])
+
+
+def test_stage_folder_is_kept_for_the_same_inputs_and_emptied_for_others(tmp_path):
+    from distiq.pipeline.rundir import claim_stage_dir
+
+    stage = tmp_path / "stages" / "02-prune"
+    claim_stage_dir(stage, "aaa")
+    (stage / "checkpoint").mkdir()
+    (stage / "checkpoint" / "state.json").write_text("{}")
+    claim_stage_dir(stage, "aaa")  # the same run, interrupted: its checkpoint resumes
+    assert (stage / "checkpoint" / "state.json").exists()
+    claim_stage_dir(stage, "bbb")  # other inputs: a stale checkpoint must not be resumed
+    assert not (stage / "checkpoint").exists()
+    assert (stage / "key.txt").read_text() == "bbb"

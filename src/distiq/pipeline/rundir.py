@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from distiq.io import write_json_atomic
+from distiq.io import write_bytes_atomic, write_json_atomic
 
 
 @dataclass
@@ -59,6 +60,20 @@ def load_stage(run_dir: Path, stage_dir: str, key: str) -> StageRecord | None:
     if record.key != key or not all((run_dir / a).exists() for a in record.artifacts.values()):
         return None
     return record
+
+
+def claim_stage_dir(stage_dir: Path, key: str) -> None:
+    """Prepare a stage's folder for a run with ``key``.
+
+    A folder left by an interrupted run with the *same* key is kept, so its training checkpoint
+    resumes; one left by different inputs is emptied, so a stale checkpoint (say, of a student
+    pruned to other shapes) is never resumed.
+    """
+    marker = stage_dir / "key.txt"
+    if stage_dir.exists() and (not marker.is_file() or marker.read_text().strip() != key):
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(marker, key.encode())
 
 
 def save_stage(run_dir: Path, record: StageRecord) -> None:

@@ -20,7 +20,7 @@ from distiq.io import write_bytes_atomic, write_json_atomic
 from .compress import run_prune, run_quantize
 from .measure import logits_of, measure
 from .recipe import Recipe, load_recipe
-from .rundir import StageRecord, load_stage, now, save_stage, stage_key, versions
+from .rundir import StageRecord, claim_stage_dir, load_stage, now, save_stage, stage_key, versions
 from .search import run_search
 from .stages import RunState, StageOutput, reload_output, run_distill, run_teacher
 
@@ -114,6 +114,7 @@ def run(
             model, onnx = reload_output(record.artifacts, run_dir), run_dir / record.artifacts["onnx"]
         else:
             console.print(f"[bold]{kind}[/bold] -> {stage_dir}")
+            claim_stage_dir(run_dir / stage_dir, key)
             t0 = time.perf_counter()
             out = fn(spec, state, run_dir / stage_dir)
             record = StageRecord(
