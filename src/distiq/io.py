@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from distiq.errors import DistiqError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -45,3 +49,22 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; ``DistiqError`` naming the file when missing or malformed.
+
+    Args:
+        path: The file.
+        what: What the file is ("config", "recipe"), for the messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DistiqError(f"{path}: {what} file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DistiqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise DistiqError(f"{path}: expected a mapping at the top level")
+    return loaded

@@ -15,7 +15,9 @@ from rich.console import Console
 from distiq import data as dqdata
 from distiq.data.arrays import ArrayDataset
 from distiq.engine.config import TrainConfig
+from distiq.engine.weights import save_weights
 from distiq.errors import DistiqError
+from distiq.evaluate.api import evaluate
 from distiq.io import write_json_atomic
 
 console = Console(stderr=True)
@@ -88,6 +90,23 @@ def prepare_data(opts: Any) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDat
     if opts.val_fraction > 0:
         train, val = dqdata.split(full, opts.val_fraction, seed=opts.data_seed)
     return train, val, load_dataset(opts.data, "test", opts.data_root)
+
+
+def finish(command: str, opts: BaseModel, model, result, val, test, **extra: Any) -> dict:
+    """Save a trained model and the ``summary.json`` of a training command; return the summary."""
+    save_weights(model, opts.out / "model.safetensors")
+    summary = {
+        "command": command,
+        "options": opts.model_dump(mode="json"),
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "val": evaluate(model, val) if val is not None else None,
+        "test": evaluate(model, test) if test is not None else None,
+        **extra,
+    }
+    save_summary(opts.out, summary)
+    return summary
 
 
 def save_summary(out: Path, summary: dict) -> Path:

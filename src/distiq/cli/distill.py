@@ -8,11 +8,11 @@ import torch
 from pydantic import Field
 
 from distiq.distill.api import distill
-from distiq.engine.weights import load_model, save_weights
+from distiq.engine.weights import load_model
 from distiq.evaluate.api import evaluate
 from distiq.models import create
 
-from .common import DataOptions, TrainingOptions, prepare_data, save_summary, training_config
+from .common import DataOptions, TrainingOptions, finish, prepare_data, training_config
 
 
 class DistillOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
@@ -62,16 +62,5 @@ def run_distill(opts: DistillOptions) -> dict:
         init_from_teacher=opts.init_from_teacher,
         **training_config(opts, opts.out),
     )
-    save_weights(student, opts.out / "model.safetensors")
-    summary = {
-        "command": "distill",
-        "options": opts.model_dump(mode="json"),
-        "epochs_run": len(result.history),
-        "stopped": result.stopped,
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "val": evaluate(student, val_set) if val_set is not None else None,
-        "test": evaluate(student, test_set) if test_set is not None else None,
-        "teacher_test": evaluate(teacher, test_set) if test_set is not None else None,
-    }
-    save_summary(opts.out, summary)
-    return summary
+    teacher_test = evaluate(teacher, test_set) if test_set is not None else None
+    return finish("distill", opts, student, result, val_set, test_set, teacher_test=teacher_test)

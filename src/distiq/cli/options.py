@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from distiq.errors import DistiqError, validation_message
+from distiq.io import read_yaml_mapping
 
 CLI_TYPES = (str, int, float, bool, Path)
 
@@ -45,15 +45,7 @@ def load_options(model: type[BaseModel], config: Path | None, given: dict[str, A
     source = "options"
     if config is not None:
         source = str(config)
-        if not config.is_file():
-            raise DistiqError(f"{config}: config file not found")
-        try:
-            loaded = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DistiqError(f"{config}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise DistiqError(f"{config}: expected a mapping of option names to values")
-        data.update(loaded)
+        data.update(read_yaml_mapping(config, "config"))
     data.update({k: v for k, v in given.items() if v is not None})
     try:
         return model.model_validate(data)

@@ -8,11 +8,9 @@ import torch
 from pydantic import Field
 
 from distiq.engine.train import train
-from distiq.engine.weights import save_weights
-from distiq.evaluate.api import evaluate
 from distiq.models import create
 
-from .common import DataOptions, TrainingOptions, prepare_data, save_summary, training_config
+from .common import DataOptions, TrainingOptions, finish, prepare_data, training_config
 
 
 class TrainOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
@@ -35,15 +33,4 @@ def run_train(opts: TrainOptions) -> dict:
         **opts.model_options,
     )
     result = train(model, train_set, val_set, **training_config(opts, opts.out))
-    save_weights(model, opts.out / "model.safetensors")
-    summary = {
-        "command": "train",
-        "options": opts.model_dump(mode="json"),
-        "epochs_run": len(result.history),
-        "stopped": result.stopped,
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "val": evaluate(model, val_set) if val_set is not None else None,
-        "test": evaluate(model, test_set) if test_set is not None else None,
-    }
-    save_summary(opts.out, summary)
-    return summary
+    return finish("train", opts, model, result, val_set, test_set)

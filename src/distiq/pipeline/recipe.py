@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distiq.errors import DistiqError, validation_message
+from distiq.io import read_yaml_mapping
 
 
 class Strict(BaseModel):
@@ -159,16 +159,8 @@ def load_recipe(recipe: str | os.PathLike[str] | dict | Recipe) -> Recipe:
         return recipe
     source = "recipe"
     if not isinstance(recipe, dict):
-        path = Path(recipe)
-        source = str(path)
-        if not path.is_file():
-            raise DistiqError(f"{path}: recipe file not found")
-        try:
-            recipe = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DistiqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(recipe, dict):
-            raise DistiqError(f"{path}: expected a mapping at the top level")
+        source = str(recipe)
+        recipe = read_yaml_mapping(recipe, "recipe")
     try:
         return Recipe.model_validate(recipe)
     except ValidationError as e:
