@@ -68,3 +68,25 @@ def test_export_command(weights, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["onnx"] == str(path) and path.stat().st_size == result["bytes"]
     assert {k["kernel"] for k in result["kernels"]} == {"float"}
+
+
+def test_mixed_precision_is_tuned_on_validation_never_test(weights, tmp_path, monkeypatch):
+    import distiq.cli.quantize as cli_quantize
+
+    seen = {}
+    real = cli_quantize.mixed_precision
+
+    def recording(model, calib, eval_data, **options):
+        seen["eval"] = eval_data
+        return real(model, calib, eval_data, **options)
+
+    monkeypatch.setattr(cli_quantize, "mixed_precision", recording)
+    out = tmp_path / "mp"
+    args = ["quantize", "--model", str(weights), "--data", "digits", "--calib-samples", "64"]
+    assert main([*args, "--method", "minmax", "--budget", "0.01", "--no-check", "--out", str(out)]) == 0
+    test = dq.data.load("digits", "test")
+    test_rows = {row.numpy().tobytes() for row in test.x}
+    assert not any(row.numpy().tobytes() in test_rows for row in seen["eval"].x)
+    report = json.loads((out / "report.json").read_text())
+    assert "validation" in report["mixed_precision"]["tuned_on"]
+    assert report["accuracy_split"] == "test" and report["deploy"]["compared_with"] == "simulated"

@@ -151,3 +151,11 @@ def test_residual_network_runs_integer_adds(digits, tmp_path):
     with torch.no_grad():
         sim = q(digits[1].x).numpy()
     assert (sim.argmax(1) == _run(path, digits[1].x).argmax(1)).mean() >= 0.99
+
+
+def test_export_prints_no_torchvision_notice(digits, tmp_path, caplog, capfd):
+    model = dq.models.create("mlp", image_size=8, hidden=(8,)).eval()
+    with caplog.at_level("INFO"):
+        export_onnx(model, tmp_path / "m.onnx", digits[0].x[:2])
+    captured = capfd.readouterr()
+    assert "torchvision is not installed" not in caplog.text + captured.err + captured.out

@@ -39,9 +39,11 @@ def test_sqnr_by_hand():
     assert sqnr_db(torch.ones(3), torch.ones(3)) == math.inf
 
 
-def test_layer_errors_against_pytorch_fake_quant(setup):
+@pytest.mark.parametrize(("target", "edge"), [("x86-vnni", 127), ("x86-avx2", 64)])
+def test_layer_errors_against_pytorch_fake_quant(setup, target, edge):
     model, calib, _ = setup
-    rows = {r["layer"]: r for r in layer_errors(quantize(model, calib, method="minmax"), model, calib)}
+    qmodel = quantize(model, calib, method="minmax", target=target)
+    rows = {r["layer"]: r for r in layer_errors(qmodel, model, calib)}
     assert list(rows) == [
         "features.conv1",
         "features.conv2",
@@ -50,8 +52,8 @@ def test_layer_errors_against_pytorch_fake_quant(setup):
         "classifier.fc3",
     ]
     w = model.features.conv2.weight.detach()
-    scale = w.abs().amax(dim=(1, 2, 3)) / 127
-    ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(16, dtype=torch.int32), 0, -127, 127)
+    scale = w.abs().amax(dim=(1, 2, 3)) / edge
+    ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(16, dtype=torch.int32), 0, -edge, edge)
     assert rows["features.conv2"]["weight_sqnr_db"] == pytest.approx(sqnr_db(w, ref), rel=1e-4)
     assert rows["features.conv2"]["weight_mse"] == pytest.approx(float(((w - ref) ** 2).mean()), rel=1e-4)
     four = quantize(model, calib, bits=4, weight_method="minmax")

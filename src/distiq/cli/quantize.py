@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from distiq import data as dqdata
 from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
-from distiq.evaluate.api import evaluate
 from distiq.io import write_json_atomic
 from distiq.quant.api import quantize
 from distiq.quant.deploy import DeploymentWarning, deploy_check
@@ -39,14 +38,25 @@ class QuantizeOptions(BaseModel):
     symmetric_activations: bool = Field(False, description="Signed activation grids (zero point 0).")
     method_options: dict = Field(default_factory=dict, description="Options of the calibrator.")
     skip: list[str] = Field(default_factory=list, description="Layers (module paths) to keep in float.")
+    target: str = Field(
+        "auto",
+        description="CPU the int8 file is made for: auto (this machine), x86-avx2, x86-avx512, x86-vnni, "
+        "x86-amx, arm64, arm64-dotprod or generic (exact on every CPU).",
+    )
     budget: float | None = Field(
-        None, ge=0, description="Mixed precision: keep sensitive layers float until the drop <= this."
+        None,
+        ge=0,
+        description="Mixed precision: keep sensitive layers float until the drop <= this, "
+        "tuned on a validation split held out of the training data (never the test split).",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Training data held out to tune --budget on (disjoint from calibration)."
     )
     epochs: int = Field(2, ge=1, description="QAT epochs.")
     lr: float = Field(1e-4, gt=0, description="QAT learning rate.")
     train_samples: int | None = Field(None, ge=1, description="QAT training samples (default: all).")
     teacher: bool = Field(True, description="QAT distils from the float model.")
-    check: bool = Field(True, description="List ORT kernels and time int8 against float.")
+    check: bool = Field(True, description="Time int8 against float in ORT (kernels and agreement always).")
     threads: int = Field(2, ge=1, description="ORT threads for the latency check.")
     out: Path = Field(Path("runs/quantize"), description="Output folder (model.onnx, report.json).")
 
@@ -59,13 +69,15 @@ class QuantizeOptions(BaseModel):
 
 
 def run_quantize(opts: QuantizeOptions) -> dict:
-    """Quantize, export ``model.onnx`` (and ``float.onnx``), write ``report.json``; return the report."""
+    """Quantize, export ``model.onnx`` (and ``float.onnx``), check the file in ONNX Runtime on this CPU,
+    write ``report.json``; return the report. The accuracy reported is the one ORT delivers."""
     model = load_model(opts.model).eval()
     train = load_dataset(opts.data, "train", opts.data_root)
     test = load_dataset(opts.data, "test", opts.data_root)
     if train is None:
         raise DistiqError(f"data: {opts.data} has no training split to calibrate on")
-    calib = dqdata.subsample(train, min(opts.calib_samples, len(train)), seed=opts.data_seed)
+    fit, val = dqdata.split(train, opts.val_fraction, seed=opts.data_seed)
+    calib = dqdata.subsample(fit, min(opts.calib_samples, len(fit)), seed=opts.data_seed)
     options = dict(
         mode=opts.mode,
         method=opts.method,
@@ -76,17 +88,19 @@ def run_quantize(opts: QuantizeOptions) -> dict:
         symmetric_activations=opts.symmetric_activations,
         method_options=opts.method_options,
         skip=opts.skip,
+        target=opts.target,
     )
     if opts.mode == "qat":
-        fit = train if opts.train_samples is None else dqdata.subsample(train, opts.train_samples)
-        options |= dict(train_data=fit, teacher=opts.teacher, epochs=opts.epochs, lr=opts.lr)
+        data = fit if opts.train_samples is None else dqdata.subsample(fit, opts.train_samples)
+        options |= dict(train_data=data, val_data=val, teacher=opts.teacher, epochs=opts.epochs, lr=opts.lr)
     calib_arg = calib if opts.mode in ("static", "qat") else None
     example = calib.x[:2]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mixed = None
         if opts.budget is not None:
-            qmodel, mixed = mixed_precision(model, calib_arg, test or calib, budget=opts.budget, **options)
+            qmodel, mixed = mixed_precision(model, calib_arg, val, budget=opts.budget, **options)
+            mixed["tuned_on"] = f"validation split ({len(val)} samples held out of the training data)"
         else:
             qmodel = quantize(model, calib_arg, example_input=example, **options)
     for w in caught:
@@ -108,20 +122,30 @@ def run_quantize(opts: QuantizeOptions) -> dict:
         "layer_errors": layer_errors(qmodel, model, calib, batches=2),
         "mixed_precision": mixed,
     }
-    if test is not None:
-        report["accuracy"] = {
-            "float": evaluate(model, test)["accuracy"],
-            "simulated": evaluate(qmodel, test)["accuracy"],
-            "onnx": evaluate(int8_path, test)["accuracy"],
-        }
-    if opts.check:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeploymentWarning)
-            deploy = deploy_check(float_path, int8_path, threads=opts.threads, repeats=20)
-        report["deploy"] = deploy.to_dict()
-        for message in deploy.warnings:
-            console.print(f"[bold red]WARNING: {message}[/bold red]")
+    check_data = test if test is not None else val
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeploymentWarning)
+        deploy = deploy_check(
+            float_path,
+            int8_path,
+            data=check_data,
+            simulated=qmodel,
+            batch_sizes=(1, 256) if opts.check else (),
+            threads=opts.threads,
+            repeats=20,
+        )
+    report["accuracy"] = deploy.accuracy
+    report["accuracy_split"] = "test" if test is not None else "validation"
+    report["deploy"] = deploy.to_dict()
+    for message in deploy.warnings:
+        console.print(f"[bold red]WARNING: {message}[/bold red]")
     write_json_atomic(opts.out / "report.json", report)
-    console.print(f"{report.get('accuracy', {})}  size x{report['files']['size_ratio']:.2f}")
+    acc, cpu = deploy.accuracy, deploy.cpu
+    console.print(
+        f"{report['accuracy_split']} accuracy in ONNX Runtime on {cpu['model']} ({cpu['target']}): "
+        f"{100 * acc['onnx']:.2f}% (simulated {100 * acc['simulated']:.2f}%, "
+        f"float {100 * acc['float']:.2f}%, agreement {100 * deploy.agreement:.2f}%)  "
+        f"size x{report['files']['size_ratio']:.2f}"
+    )
     console.print(f"results in [bold]{opts.out}[/bold]")
     return report

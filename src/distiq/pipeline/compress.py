@@ -9,18 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 from distiq.data.sampling import subsample
-from distiq.engine.batches import predict_logits
+from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.stats import spread
 from distiq.prune import prune
 from distiq.prune.structured import save_pruned
-from distiq.quant import export_onnx, kernels, layer_errors, quantize, sensitivity
+from distiq.quant import deploy_check, export_onnx, kernels, layer_errors, quantize, sensitivity
 from distiq.quant.modules import ActQuant, quantizers
 
 from .recipe import PruneSpec, QuantizeSpec
 from .stages import RunState, StageOutput, export_float, train_options
+
+console = Console(stderr=True)
 
 
 def run_prune(spec: PruneSpec, state: RunState, stage_dir: Path) -> StageOutput:
@@ -83,43 +86,17 @@ def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 6
     return out
 
 
-def calibration_spread(state: RunState, spec: QuantizeSpec, repeats: int) -> dict:
-    """Validation accuracy of static PTQ with ``repeats`` different calibration subsets: how much the
-    result depends on which images happened to be used for calibration."""
-    accs = []
-    for k in range(repeats):
-        calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=1000 + k)
-        qmodel = quantize(
-            state.model,
-            calib,
-            method=spec.method,
-            bits=spec.bits,
-            per_channel=spec.per_channel,
-            skip=spec.skip,
-        )
-        accs.append(float((predict_logits(qmodel, state.val).argmax(1) == state.val.y).double().mean()))
-    return {"val_accuracy": accs, **spread(accs).to_dict()}
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: an error-free layer's SQNR is recorded as null."""
-    return value if np.isfinite(value) else None
-
-
-def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageOutput:
-    """Quantize the current model, export int8 ONNX, and record where the error comes from."""
-    seed = state.recipe.seed
-    calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
-    history: list[dict] = []
+def _quantize(spec: QuantizeSpec, state: RunState, calib, work_dir: Path, history: list | None = None):
+    """The stage's quantized model, every option of ``spec`` applied (QAT training included)."""
     qat = {}
     if spec.mode == "qat":
         qat = dict(
             train_data=state.train,
             val_data=state.val,
-            on_epoch_end=lambda epoch, record: history.append(record),
-            **train_options(spec.qat, stage_dir, seed),
+            on_epoch_end=(lambda epoch, record: history.append(record)) if history is not None else None,
+            **train_options(spec.qat, work_dir, state.recipe.seed),
         )
-    qmodel = quantize(
+    return quantize(
         state.model,
         calib,
         mode=spec.mode,
@@ -127,8 +104,47 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
         bits=spec.bits,
         per_channel=spec.per_channel,
         skip=spec.skip,
+        target=spec.target,
         **qat,
     )
+
+
+def calibration_spread(state: RunState, spec: QuantizeSpec, stage_dir: Path) -> dict:
+    """Validation accuracy, in ONNX Runtime, of the stage's own quantization (same mode, QAT training
+    included) with ``spec.calib_repeats`` other calibration subsets: how much the result depends on
+    which images happened to be used for calibration."""
+    accs = []
+    for k in range(spec.calib_repeats):
+        calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=1000 + k)
+        work = stage_dir / "calibration-spread" / f"{k}"
+        path = export_onnx(_quantize(spec, state, calib, work), work / "model.onnx", calib.x[:1])
+        accs.append(float((onnx_logits(path, state.val).argmax(1) == state.val.y).double().mean()))
+    return {"val_accuracy": accs, "mode": spec.mode, "measured_in": "onnxruntime", **spread(accs).to_dict()}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an error-free layer's SQNR is recorded as null."""
+    return value if np.isfinite(value) else None
+
+
+def runtime_check(state: RunState, int8_path: Path, qmodel: nn.Module) -> dict:
+    """Run the int8 file in ONNX Runtime on the test split beside its simulation and the float file:
+    agreement, the three accuracies and the CPU; disagreement is printed loudly and recorded."""
+    report = deploy_check(
+        state.onnx, int8_path, data=state.test, simulated=qmodel, batch_sizes=(), warn=False
+    )
+    for message in report.warnings:
+        console.print(f"[bold red]WARNING: {message}[/bold red]")
+    keep = ("cpu", "file_target", "agreement", "compared_with", "accuracy", "samples", "warnings")
+    return {k: v for k, v in report.to_dict().items() if k in keep}
+
+
+def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageOutput:
+    """Quantize the current model, export int8 ONNX, and record where the error comes from."""
+    seed = state.recipe.seed
+    calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
+    history: list[dict] = []
+    qmodel = _quantize(spec, state, calib, stage_dir, history)
     onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
     quant: dict = {"layers": [], "histograms": [], "integer_nodes": [], "float_nodes": []}
     errors = layer_errors(qmodel, state.model, calib)
@@ -156,7 +172,8 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
         else:
             quant["float_nodes"].append({"node": node, "reason": k.reason})
     if spec.mode in ("static", "qat") and spec.calib_repeats > 1:
-        quant["calibration_spread"] = calibration_spread(state, spec, spec.calib_repeats)
+        quant["calibration_spread"] = calibration_spread(state, spec, stage_dir)
+    quant["deploy"] = runtime_check(state, onnx, qmodel)
     report = getattr(qmodel, "quant_report", None)
     extra = {"quant_report": report.to_dict() if hasattr(report, "to_dict") else None}
     return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)

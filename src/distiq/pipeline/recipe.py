@@ -11,10 +11,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distiq.distill.logits import LOGIT_LOSSES
 from distiq.errors import DistiqError, validation_message
 from distiq.io import read_yaml_mapping
+from distiq.quant.target import resolve_target
 
 
 class Strict(BaseModel):
@@ -44,6 +46,13 @@ class DataSpec(Strict):
     fallback: str | None = Field("digits", description="Dataset used when `name` is not installed.")
     subsample: float | None = Field(None, gt=0, description="Training samples kept (count or fraction).")
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Fraction held out (stratified, by `seed`) as the test split when the data has none "
+        "(an .npz file or an image folder); unused for datasets with their own test split.",
+    )
     seed: int = 0
 
 
@@ -77,6 +86,12 @@ class DistillSpec(Strict):
     freeze: list[str] = Field(default_factory=list)
     train: TrainSpec = Field(default_factory=TrainSpec)
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        LOGIT_LOSSES.get(name)  # fail when the recipe loads, not after the teacher has trained
+        return name
+
 
 class PruneSpec(Strict):
     """Prune the student, then fine-tune it (optionally distilling from the teacher)."""
@@ -100,7 +115,18 @@ class QuantizeSpec(Strict):
     skip: list[str] = Field(default_factory=list, description="Layers kept in float.")
     sensitivity: bool = Field(True, description="Rank layers by the accuracy drop of each alone.")
     calib_repeats: int = Field(3, ge=0, description="Calibration subsets for the calibration-set spread.")
+    target: str = Field(
+        "auto",
+        description="CPU the int8 file is made for: auto (this machine), x86-avx2, x86-avx512, x86-vnni, "
+        "x86-amx, arm64, arm64-dotprod or generic (exact on every CPU).",
+    )
     qat: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-4), description="QAT training.")
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, name: str) -> str:
+        resolve_target(name)
+        return name
 
 
 class EvaluateSpec(Strict):
@@ -116,12 +142,14 @@ class SearchSpace(Strict):
     """Candidates the budget search tries."""
 
     methods: list[Literal["minmax", "ema", "percentile", "kl", "mse"]] = Field(
-        default_factory=lambda: ["minmax", "percentile", "kl"]
+        default_factory=lambda: ["minmax", "percentile", "kl"], min_length=1
     )
-    bits: list[int] = Field(default_factory=lambda: [8])
-    per_channel: list[bool] = Field(default_factory=lambda: [True])
-    prune_amounts: list[float] = Field(default_factory=list)
-    float_fallback: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    bits: list[int] = Field(default_factory=lambda: [8], min_length=1)
+    per_channel: list[bool] = Field(default_factory=lambda: [True], min_length=1)
+    prune_amounts: list[float] = Field(
+        default_factory=list, description="Extra prune amounts to try; empty means no pruning (amount 0)."
+    )
+    float_fallback: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 
 
 class BudgetSpec(Strict):

@@ -16,6 +16,7 @@ from torch import nn
 from distiq import data as dqdata
 from distiq.errors import DataError
 from distiq.io import write_bytes_atomic, write_json_atomic
+from distiq.quant.target import cpu_info
 
 from .compress import run_prune, run_quantize
 from .measure import logits_of, measure
@@ -95,6 +96,7 @@ def run(
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
         "versions": versions(),
+        "cpu": cpu_info(),  # every latency and int8 accuracy figure of this run was measured on it
         "dataset": dataset,
         "started": now(),
         "finished": None,

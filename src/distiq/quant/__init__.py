@@ -17,6 +17,7 @@ from .observers import OBSERVERS, QParams
 from .ptq import MODES, QuantConfig, QuantReport
 from .qat import qat_
 from .sensitivity import layer_errors, mixed_precision, sensitivity, sqnr_db
+from .target import TARGETS, cpu_info, cpu_target
 from .trace import trace
 
 __all__ = [
@@ -30,9 +31,12 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantReport",
+    "TARGETS",
     "WeightQuant",
     "calibrate",
     "compare_latency",
+    "cpu_info",
+    "cpu_target",
     "deploy_check",
     "export_onnx",
     "fake_quantize",

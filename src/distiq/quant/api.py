@@ -36,6 +36,7 @@ def quantize(
     calib_batches: int | None = None,
     batch_size: int = 64,
     example_input: torch.Tensor | None = None,
+    target: str = "auto",
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
     teacher: nn.Module | bool = True,
@@ -68,6 +69,9 @@ def quantize(
         calib_batches: Use at most this many calibration batches.
         batch_size: Calibration batch size when ``calib_data`` is a dataset or tensor.
         example_input: An input batch for tracing when there is no ``calib_data``.
+        target: The CPU whose int8 kernels the simulated model reproduces and the file is made for:
+            "auto" (this machine, :func:`distiq.quant.cpu_target`) or a name such as "x86-avx2",
+            "x86-vnni", "arm64-dotprod", "generic" (exact on every target).
         train_data: QAT training data (default: ``calib_data``, which must then be labelled).
         val_data: QAT validation data.
         teacher: QAT distillation teacher: ``True`` for the float model, ``False`` for labels only,
@@ -92,6 +96,7 @@ def quantize(
         skip=tuple(skip),
         calib_batches=calib_batches,
         batch_size=batch_size,
+        target=target,
     )
     if train_options and mode != "qat":
         raise DistiqError(f"training option(s) {', '.join(sorted(train_options))} apply to mode='qat' only")

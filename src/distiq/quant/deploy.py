@@ -21,6 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from distiq.data.arrays import ArrayDataset, as_arrays
+from distiq.engine.batches import predict_logits
+
+from .target import TARGETS, cpu_info
+
+#: Below this top-1 agreement between the ORT file and what it is checked against, warn loudly.
+MIN_AGREEMENT = 0.99
+#: Largest accuracy gap (fraction) between ORT and the simulation before warning: 0.3 points.
+MAX_ACCURACY_GAP = 0.003
 
 INTEGER_OPS = {
     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
@@ -67,12 +80,26 @@ class DeployReport:
         after: Kernels of the quantized file.
         latency: ``{batch: {"float_ms", "int8_ms", "ratio"}}`` (ratio = int8 / float time).
         warnings: Problems found (also raised as :class:`DeploymentWarning`).
+        cpu: Where it was checked: ``{"model", "target"}`` (:func:`~distiq.quant.target.cpu_info`).
+        file_target: The CPU target the int8 file was made for (its ``distiq.target`` metadata).
+        agreement: Top-1 agreement of the ORT int8 file with the simulated model (or with the float
+            file when no simulated model was given) on the check data; ``None`` without data.
+        compared_with: "simulated" or "float": what ``agreement`` is measured against.
+        accuracy: ``{"float", "simulated", "onnx"}`` on the check data (labelled data only;
+            "simulated" is ``None`` without a simulated model).
+        samples: Number of check samples.
     """
 
     before: list[NodeKernel] = field(default_factory=list)
     after: list[NodeKernel] = field(default_factory=list)
     latency: dict[int, dict[str, float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    cpu: dict[str, str] = field(default_factory=cpu_info)
+    file_target: str | None = None
+    agreement: float | None = None
+    compared_with: str | None = None
+    accuracy: dict[str, float | None] | None = None
+    samples: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,6 +214,7 @@ def _runtime_op(node: onnx.NodeProto, producers: dict, consumers: dict, optimize
 
 
 def _session(path: str | os.PathLike[str], threads: int):
+    """An ORT CPU session; ``threads=0`` lets ORT choose."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -248,26 +276,112 @@ def compare_latency(
     return out
 
 
+def onnx_outputs(path: str | os.PathLike[str], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """First output of an ONNX file run by ORT's CPU provider on ``x``, in batches."""
+    session = _session(path, threads=0)
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: x[i : i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def file_target(path: str | os.PathLike[str]) -> str | None:
+    """The CPU target a distiq int8 file was made for (``None`` for other files)."""
+    from .export import TARGET_KEY
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get(TARGET_KEY)
+
+
+def _fix(report: DeployReport) -> str:
+    here = report.cpu["target"]
+    return (
+        f"re-quantize on this machine with target='auto' (= {here!r}), or with target='generic' for a "
+        "file that is exact on every CPU"
+    )
+
+
+def _check_target(report: DeployReport) -> None:
+    made = TARGETS.get(report.file_target or "")
+    here = TARGETS[report.cpu["target"]]
+    if made is not None and here.saturates and not made.saturates:
+        report.warnings.append(
+            f"INT8 FILE MADE FOR {made.name} RUNS ON {report.cpu['model']} ({here.name}), whose int8 "
+            f"kernels use {here.kernel}: its 8-bit weights overflow them and it computes something "
+            f"else than was calibrated; {_fix(report)}"
+        )
+
+
+def _check_agreement(
+    report: DeployReport, float_path, int8_path, data: Dataset | torch.Tensor, simulated: nn.Module | None
+) -> None:
+    """ORT int8 vs simulated (or float) top-1 agreement and accuracies on ``data``; warns when low."""
+    labelled = not isinstance(data, torch.Tensor)
+    arrays = as_arrays(data) if labelled else ArrayDataset(data, torch.zeros(len(data), dtype=torch.int64))
+    x = arrays.x
+    got = onnx_outputs(int8_path, x).argmax(1)
+    ref_float = onnx_outputs(float_path, x).argmax(1)
+    sim = predict_logits(simulated, arrays).argmax(1) if simulated is not None else None
+    against = sim if sim is not None else ref_float
+    report.compared_with = "simulated" if sim is not None else "float"
+    report.agreement = float((got == against).double().mean())
+    report.samples = len(x)
+    if labelled:
+        y = arrays.y
+
+        def acc(pred: torch.Tensor) -> float:
+            return float((pred == y).double().mean())
+
+        report.accuracy = {
+            "float": acc(ref_float),
+            "simulated": acc(sim) if sim is not None else None,
+            "onnx": acc(got),
+        }
+    where = f"{report.cpu['model']} ({report.cpu['target']})"
+    if report.agreement < MIN_AGREEMENT:
+        report.warnings.append(
+            f"INT8 FILE DISAGREES WITH THE {report.compared_with.upper()} MODEL on {where}: top-1 agreement "
+            f"{100 * report.agreement:.2f}% on {len(x)} samples (expected >= {100 * MIN_AGREEMENT:.0f}%)"
+            + (f"; {_fix(report)}" if sim is not None else "; keep sensitive layers in float")
+        )
+    acc_ = report.accuracy
+    if acc_ and acc_["simulated"] is not None and acc_["simulated"] - acc_["onnx"] > MAX_ACCURACY_GAP:
+        report.warnings.append(
+            f"ONNX RUNTIME DELIVERS {100 * acc_['onnx']:.2f}% ON {where}, NOT THE SIMULATED "
+            f"{100 * acc_['simulated']:.2f}% (gap over {100 * MAX_ACCURACY_GAP:.1f} points); {_fix(report)}"
+        )
+
+
 def deploy_check(
     float_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
     *,
+    data: Dataset | torch.Tensor | None = None,
+    simulated: nn.Module | None = None,
     batch_sizes: tuple[int, ...] = (1, 256),
     threads: int = 2,
     repeats: int = 30,
     warn: bool = True,
 ) -> DeployReport:
-    """Kernels before/after quantizing and int8-vs-float latency; warns loudly when int8 is not faster.
+    """Does the int8 file run on integer kernels, compute what was simulated, and run faster — on this
+    CPU? Warns loudly (:class:`DeploymentWarning`) when not.
 
     Args:
         float_path: The float ONNX file.
         int8_path: The quantized ONNX file of the same model.
+        data: Held-out check data (a labelled dataset, or a tensor of inputs): the int8 file is run
+            in ORT on it and compared top-1 with ``simulated`` (or the float file), and with labels
+            each one's accuracy is recorded. ``None``: kernels and latency only.
+        simulated: The simulated-quantized model the file was exported from.
         batch_sizes: Batch sizes to time (none: skip timing).
         threads: ORT intra-op threads.
         repeats: Timed rounds per batch size.
         warn: Raise :class:`DeploymentWarning` for each problem (they are listed in the report anyway).
     """
     report = DeployReport(before=kernels(float_path), after=kernels(int8_path))
+    report.file_target = file_target(int8_path)
+    _check_target(report)
+    if data is not None:
+        _check_agreement(report, float_path, int8_path, data, simulated)
     floats = [n for n in report.after if n.kernel == "float"]
     for n in floats:
         report.warnings.append(f"{n.layer} ({n.op}) runs a float kernel: {n.reason}")

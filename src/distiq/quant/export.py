@@ -13,8 +13,10 @@ which ORT fuses into its dynamic integer matmul. The batch dimension stays dynam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import logging
 import os
 import warnings
 from contextlib import redirect_stdout
@@ -35,6 +37,8 @@ from .onnx_ops import TRANSLATIONS
 from .trace import _tensors
 
 Tensor = torch.Tensor
+#: ONNX metadata key naming the CPU target (:mod:`distiq.quant.target`) a quantized file was made for.
+TARGET_KEY = "distiq.target"
 
 
 class _FrozenLayer(nn.Module):
@@ -186,6 +190,25 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping ..." lines (four per export):
+    distiq never uses torchvision's ops, so they only bury the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _quiet_torchvision_notice():
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _NoTorchvisionNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def to_onnx(model: nn.Module, example_input: Tensor, opset: int | None = None) -> onnx.ModelProto:
     """Trace ``model`` into an ONNX model with a dynamic batch dimension (input "input", output
     "output"), silencing the exporter's progress prints."""
@@ -198,7 +221,12 @@ def to_onnx(model: nn.Module, example_input: Tensor, opset: int | None = None) -
         n_out = len(_tensors(model(example)))
     names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
     kwargs = {} if opset is None else {"opset_version": opset}
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+    with (
+        warnings.catch_warnings(),
+        redirect_stdout(io.StringIO()),
+        _quiet_torchvision_notice(),
+        torch.no_grad(),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -245,6 +273,10 @@ def export_onnx(
         proto = to_onnx(target, example_input, opset)
     finally:
         model.train(was_training)
+    report = getattr(model, "quant_report", None)
+    if getattr(report, "target", ""):
+        # which kernels the integer grids were made for: deploy_check compares it with the CPU it runs on
+        onnx.helper.set_model_props(proto, {TARGET_KEY: report.target})
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -106,6 +106,8 @@ class _Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
+        if getattr(self, "max_int", None) not in (None, 2 ** (self.bits - 1) - 1):
+            kind += f" [-{self.max_int}, {self.max_int}]"
         learned = ", learned scale" if self.learned_scale is not None else ""
         disabled = "" if self.enabled else ", disabled"
         return f"bits={self.bits}, {kind}, state={self.state}{learned}{disabled}"
@@ -122,6 +124,9 @@ class WeightQuant(_Quantizer):
             pays off below 8 bits).
         channels: Number of output channels (for per-channel buffers).
         options: Calibrator options.
+        max_int: Largest integer of the grid when narrower than the bits allow: 64 for a CPU target
+            whose int8 kernels saturate (see :mod:`distiq.quant.target`), so the integer model
+            computes exactly what this simulates.
     """
 
     def __init__(
@@ -131,10 +136,21 @@ class WeightQuant(_Quantizer):
         method: str = "minmax",
         channels: int | None = None,
         options: dict[str, Any] | None = None,
+        max_int: int | None = None,
     ) -> None:
         super().__init__(bits, True, channels if per_channel else None)
         OBSERVERS.get(method)
         self.per_channel, self.method, self.options = per_channel, method, dict(options or {})
+        natural = 2 ** (self.bits - 1) - 1
+        self.max_int = natural if max_int is None else min(int(max_int), natural)
+
+    @property
+    def qmin(self) -> int:
+        return -self.max_int
+
+    @property
+    def qmax(self) -> int:
+        return self.max_int
 
     @torch.no_grad()
     def calibrate_(self, weight: Tensor) -> None:
@@ -146,7 +162,8 @@ class WeightQuant(_Quantizer):
             0 if self.per_channel else None,
             **self.options,
         )
-        self.set_qparams(qp.scale, qp.zero_point)
+        # the calibrator's range spread over the narrower grid: amax / max_int instead of amax / 127
+        self.set_qparams(qp.scale * (qp.qmax / self.max_int), qp.zero_point)
 
     def forward(self, w: Tensor) -> Tensor:
         if self.state in ("off", "observe") or not self.enabled:

@@ -50,6 +50,7 @@ from .modules import (
     set_state,
 )
 from .observers import OBSERVERS, check_bits
+from .target import resolve_target
 from .trace import INPUT, Dataflow, Node, trace
 
 MODES = ("static", "dynamic", "weight-only", "qat")
@@ -79,6 +80,9 @@ class QuantConfig:
         skip: Module paths to keep in float.
         calib_batches: Use at most this many calibration batches.
         batch_size: Batch size for calibration data given as a dataset or tensor.
+        target: CPU whose integer kernels the simulation reproduces and the export is made for
+            (:data:`~distiq.quant.target.TARGETS`); "auto" is this machine. On targets whose int8
+            kernels saturate (x86 without VNNI) 8-bit weights use ``[-64, 64]``.
     """
 
     mode: str = "static"
@@ -92,8 +96,10 @@ class QuantConfig:
     skip: tuple[str, ...] = ()
     calib_batches: int | None = None
     batch_size: int = 64
+    target: str = "auto"
 
     def __post_init__(self) -> None:
+        resolve_target(self.target)  # an unknown name fails here, listing the known ones
         if self.mode not in MODES:
             raise DistiqError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
         check_bits(self.bits)
@@ -112,6 +118,13 @@ class QuantConfig:
     def quantizes_activations(self) -> bool:
         return self.mode in ("static", "qat")
 
+    @property
+    def weight_max(self) -> int:
+        """Largest weight integer: narrowed on saturating targets where integer kernels compute
+        (weight-only files dequantize to float and keep every level)."""
+        natural = 2 ** (self.bits - 1) - 1
+        return natural if self.mode == "weight-only" else resolve_target(self.target).weight_max(self.bits)
+
 
 @dataclass
 class QuantReport:
@@ -125,6 +138,7 @@ class QuantReport:
         activation_quantizers: Number of calibrated activation grids.
         calibration_seconds: Wall-clock time of the calibration pass.
         calibration_samples: Samples streamed through the calibrators.
+        target: The CPU target the grids were made for (``config.target`` resolved).
     """
 
     config: dict
@@ -134,6 +148,7 @@ class QuantReport:
     activation_quantizers: int = 0
     calibration_seconds: float = 0.0
     calibration_samples: int = 0
+    target: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +250,7 @@ def prepare(
     groups = fold_bn_(qmodel, example_input)
     graph = trace(qmodel, example_input)
     modules = dict(qmodel.named_modules())
-    report = QuantReport(config=asdict(config))
+    report = QuantReport(config=asdict(config), target=resolve_target(config.target).name)
     report.fused = [asdict(g) for g in groups]
     fused_relu = {g.layer: g.relu for g in groups if g.relu}
     targets = _choose_layers(qmodel, graph, config, report)
@@ -247,6 +262,7 @@ def prepare(
             config.per_channel,
             config.weight_method or "minmax",
             layer.weight.shape[0],
+            max_int=config.weight_max,
         )
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         set_module(qmodel, path, cls.from_float(layer, wq, relu))
