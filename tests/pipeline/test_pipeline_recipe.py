@@ -11,17 +11,45 @@ import yaml
 import distiq.pipeline as pipeline
 from distiq.errors import DistiqError
 
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE_DIRS = [ROOT / "recipes", ROOT / "src" / "distiq" / "recipes"]  # the repo's, and the package's
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def shipped_recipes(folders: list[Path]) -> list[Path]:
+    """Every YAML recipe in ``folders``, each file once and by its real path (``recipes/`` holds links
+    to packaged ones; a dangling link stays as it is, so its validation fails)."""
+    found = set()
+    for folder in folders:
+        for path in [*folder.glob("*.yaml"), *folder.glob("*.yml")]:
+            found.add(path.resolve() if path.exists() else path)
+    return sorted(found)
+
+
+RECIPES = shipped_recipes(RECIPE_DIRS)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.relative_to(ROOT).as_posix() for p in RECIPES])
 def test_shipped_recipe_validates(path):
     recipe = pipeline.load_recipe(path)
     assert recipe.teacher is not None
 
 
 def test_recipes_are_shipped():
-    assert RECIPES, "recipes/ holds no YAML recipe"
+    assert RECIPES, f"no YAML recipe in {', '.join(str(d) for d in RECIPE_DIRS)}"
+    demo = ROOT / "src" / "distiq" / "recipes" / "fashion_mnist_demo.yaml"  # what `distiq demo` runs
+    assert demo in RECIPES
+
+
+def test_recipe_glob_finds_packaged_only_recipes_and_counts_links_once(tmp_path):
+    repo, package = tmp_path / "recipes", tmp_path / "src" / "distiq" / "recipes"
+    repo.mkdir()
+    package.mkdir(parents=True)
+    for name in ("demo.yaml", "new.yml"):
+        (package / name).write_text("name: x\n")
+    (repo / "demo.yaml").symlink_to(package / "demo.yaml")
+    (repo / "quick.yaml").write_text("name: y\n")
+    found = shipped_recipes([repo, package])
+    assert found == sorted([package / "demo.yaml", package / "new.yml", repo / "quick.yaml"])
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,89 @@ def make_run(root: Path) -> dict:
     return run
 
 
+INT8_LAYERS = ["features.0", "features.3", "classifier.1"]
+"""The int8 stage's layers in :func:`make_pipeline_run`; features.0 was kept in float."""
+
+
+def make_pipeline_run(root: Path) -> dict:
+    """Write ``root/run.json`` the way the pipeline's runner does and return its content.
+
+    Every stage is a :class:`distiq.pipeline.rundir.StageRecord`, so float stages carry the empty
+    ``quant`` record the runner gives them; the ``quantize`` stage's record has the format of
+    ``distiq.pipeline.compress.run_quantize`` (``"layer (op -> runtime op)"`` kernel entries), and the
+    budget ``search`` stage, which ships an int8 file too, has no record of its own.
+    """
+    from distiq.pipeline.rundir import StageRecord
+
+    rng = np.random.default_rng(1)
+    quant = {
+        "layers": [
+            {
+                "layer": name,
+                "weight_sqnr_db": [None, 41.25, 36.5][i],
+                "weight_mse": [0.0, 2.5e-6, 1.25e-5][i],
+                "act_sqnr_db": [None, 29.75, 33.0][i],
+                "act_mse": [0.0, 4.5e-4, 1.5e-4][i],
+                "sensitivity_drop": [0.0125, 0.003, None][i],
+                "kept_float": i == 0,
+            }
+            for i, name in enumerate(INT8_LAYERS)
+        ],
+        "histograms": [
+            {
+                "layer": f"{name}.input_quant",
+                "edges": np.linspace(-4, 4, 65).tolist(),
+                "counts": np.histogram(rng.standard_normal(2000), bins=np.linspace(-4, 4, 65))[0].tolist(),
+                "lo": lo,
+                "hi": hi,
+                "method": "kl",
+            }
+            for name, lo, hi in zip(INT8_LAYERS[1:], [0.0, -1.5], [3.25, 2.125], strict=True)
+        ],
+        "integer_nodes": ["features.3 (Conv -> QLinearConv)", "classifier.1 (Gemm -> QGemm)"],
+        "float_nodes": [{"node": "features.0 (Conv -> Conv)", "reason": "weight is not quantized"}],
+        "deploy": {"agreement": 0.998, "warnings": []},
+    }
+
+    def stage(i: int, kind: str, acc: float | None, **fields) -> dict:
+        m = {} if acc is None else _metrics(rng, acc, acc - 0.002, 400_000 // (i + 1), 1.0 / (i + 1), 50_000)
+        record = StageRecord(
+            kind, kind, f"stages/{i:02d}-{kind}", f"key{i}", seconds=10.0, metrics=m, **fields
+        )
+        return record.to_dict()
+
+    trials = [
+        {
+            "id": i,
+            "params": {"prune": 0.0, "method": m, "bits": 8, "per_channel": True, "float_layers": fl},
+            "val_accuracy": 0.9 - 0.003 * i,
+            "size_bytes": 120_000 - 8_000 * i,
+            "meets_budget": i < 2,
+            "chosen": i == 1,
+            "file": f"stages/04-search/trials/trial-{i:03d}.onnx",
+        }
+        for i, (m, fl) in enumerate([("minmax", []), ("kl", ["features.0"]), ("kl", [])])
+    ]
+    search = {"objective": "size", "budget": {"max_accuracy_drop": 1.0}, "trials": trials, "chosen": 1}
+    stages = [
+        stage(0, "teacher", 0.91, history=_history(2, 0.8)),
+        stage(1, "distill", 0.905, history=_history(2, 0.78)),
+        stage(2, "prune", 0.903),
+        stage(3, "quantize", 0.902, quant=quant, artifacts={"onnx": "stages/03-quantize/model.onnx"}),
+        stage(4, "search", 0.9, extra={"search": search}, artifacts={"onnx": "stages/04-search/model.onnx"}),
+    ]
+    run = {"name": "pipeline-like", "dataset": "fashion-mnist", "stages": stages, "search": search}
+    (root / "run.json").write_text(json.dumps(run))
+    return run
+
+
+@pytest.fixture
+def pipeline_run(tmp_path) -> Path:
+    """A run directory whose ``run.json`` has the runner's stage records (:func:`make_pipeline_run`)."""
+    make_pipeline_run(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory) -> tuple[Path, dict]:
     """A run directory and its ``run.json`` content (do not modify: shared by the session)."""

@@ -1,7 +1,8 @@
-"""Rich progress bars for long work, and a JSONL metrics log.
+"""Progress of long work on stderr, and a JSONL metrics log.
 
-Progress goes to stderr and only when it is a terminal (or when asked), so logs, tests and CI
-output stay clean.
+On a terminal progress is a rich bar. Elsewhere (a log file, ``make demo | tee``, CI) rich hides its
+bar, so a run would print nothing for minutes; there the epoch loop prints one plain line per epoch
+instead, which is what a log wants. ``progress=False`` prints nothing (tests).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -37,6 +40,52 @@ def make_progress(enabled: bool | None = None) -> Progress:
         disable=not enabled,
         transient=False,
     )
+
+
+class EpochProgress:
+    """Progress of an epoch loop: a rich bar on a terminal, one plain line per epoch elsewhere.
+
+    Args:
+        description: What is running (e.g. the stage folder), first on every line.
+        total: Epochs in all.
+        completed: Epochs already done (a resumed run).
+        enabled: True: always the bar; False: nothing; None: the bar if stderr is a terminal,
+            else plain lines.
+    """
+
+    def __init__(self, description: str, total: int, completed: int = 0, enabled: bool | None = None) -> None:
+        self.description, self.total, self.done = description, total, completed
+        self.mode: Literal["bar", "lines", "off"]
+        if enabled is None:
+            self.mode = "bar" if sys.stderr.isatty() else "lines"
+        else:
+            self.mode = "bar" if enabled else "off"
+        self._bar = make_progress(True) if self.mode == "bar" else None
+        self._task = None
+        self._since = time.perf_counter()
+
+    def __enter__(self) -> EpochProgress:
+        if self._bar is not None:
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.done, info="")
+        self._since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def epoch_done(self, info: str) -> None:
+        """One more epoch finished; ``info`` summarises it (losses, accuracies)."""
+        now = time.perf_counter()
+        seconds, self._since = now - self._since, now
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, info=info)
+        elif self.mode == "lines":
+            line = f"{self.description}: epoch {self.done}/{self.total}  {info}  {seconds:.1f} s"
+            # sys.stderr looked up now, not at import: a redirected or captured stream gets the line
+            print(line, file=sys.stderr, flush=True)
 
 
 class MetricsLog:

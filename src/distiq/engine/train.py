@@ -13,6 +13,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .objective import Objective
-from .progress import MetricsLog, make_progress
+from .progress import EpochProgress, MetricsLog
 from .weights import state_tensors
 
 EpochCallback = Callable[[int, dict], None]
@@ -125,8 +126,7 @@ def train(
 
     objective.setup(model, train_set)
     try:
-        with make_progress(cfg.progress) as progress:
-            task = progress.add_task("train", total=cfg.epochs, completed=start_epoch, info="")
+        with EpochProgress(_label(cfg), cfg.epochs, start_epoch, cfg.progress) as progress:
             for epoch in range(start_epoch, cfg.epochs):
                 record = _run_epoch(cfg, epoch, model, objective, optimizer, params, train_set)
                 if val_set is not None:
@@ -140,7 +140,7 @@ def train(
                 log.write(record)
                 if cfg.checkpoint_dir:
                     _save(cfg, epoch, model, objective, optimizer, result, best_state)
-                progress.update(task, advance=1, info=_summary(record))
+                progress.epoch_done(_summary(record))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, record)
                 if result.stopped != "epochs":
@@ -198,10 +198,17 @@ def _stop_reason(cfg: TrainConfig, result: TrainResult, record: dict, epoch: int
     return "epochs"
 
 
+def _label(cfg: TrainConfig) -> str:
+    """What a progress line names: the folder of the metrics log (a pipeline stage's folder, e.g.
+    ``01-teacher``), else just "train"."""
+    folder = Path(cfg.log_path).parent.name if cfg.log_path else ""
+    return f"train {folder}" if folder else "train"
+
+
 def _summary(record: dict) -> str:
-    parts = [f"loss {record['train_loss']:.4f}", f"acc {record['train_accuracy']:.4f}"]
+    parts = [f"train loss {record['train_loss']:.4f}", f"train acc {record['train_accuracy']:.4f}"]
     if "val_accuracy" in record:
-        parts.append(f"val {record['val_accuracy']:.4f}")
+        parts.append(f"val acc {record['val_accuracy']:.4f}")
     return "  ".join(parts)
 
 

@@ -18,7 +18,19 @@ from typing import Any
 
 import yaml
 
-from .plots import Plot
+from .plots import SECTIONS, Plot
+from .quanttables import (
+    KERNEL_HEADER,
+    LAYER_HEADER,
+    RANGE_HEADER,
+    kernel_rows,
+    kernel_sentence,
+    layer_rows,
+    quant_stages,
+    range_rows,
+    search_stage_sentence,
+    unrecorded_int8_stages,
+)
 from .summary import (
     DASH,
     EXTRA_METRICS,
@@ -59,6 +71,7 @@ section { background:#fff; border:1px solid var(--line); border-radius:8px; padd
           margin:0 0 22px; }
 h2 { margin:0 0 14px; font-size:18px; }
 h3 { font-size:15px; margin:18px 0 8px; }
+h4 { font-size:13px; margin:14px 0 6px; color:var(--muted); }
 .cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:14px; margin:0 0 22px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; }
 .card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
@@ -229,40 +242,27 @@ def _figure(p: Plot) -> str:
 
 
 def _quant_details(run: Run) -> str:
+    """Kernels, per-layer error and calibration ranges of each stage with a quantization record."""
     out = []
-    for s in run.stages:
-        q = s.get("quant")
-        if not isinstance(q, dict):
-            continue
-        ints = q.get("integer_nodes") or []
-        floats = [f for f in q.get("float_nodes") or [] if isinstance(f, dict)]
-        out.append(
-            f"<h3>{escape(s['name'])}</h3>"
-            f"<p>{len(ints)} nodes run in integer arithmetic, {len(floats)} stay in float.</p>"
-        )
-        if floats:
-            out.append(
-                _table(
-                    ["Float node", "Why"],
-                    [[escape(str(f.get("node"))), escape(str(f.get("reason", DASH)))] for f in floats],
-                    left=2,
-                )
-            )
-        layers = [r for r in q.get("layers") or [] if isinstance(r, dict)]
+    for s, q in quant_stages(run):
+        out.append(f"<h3>{escape(s['name'])}</h3>")
+        sentence = kernel_sentence(q)
+        if sentence:
+            out.append(f"<p>{escape(sentence)}</p>")
+            out.append(_table(KERNEL_HEADER, _escaped(kernel_rows(q)), left=3))
+        layers = layer_rows(run, q)
         if layers:
-            keys = ["weight_sqnr_db", "act_sqnr_db", "weight_mse", "act_mse", "sensitivity_drop"]
-            body = [
-                [escape(str(r.get("layer")))]
-                + [DASH if num(r, k) is None else f"{num(r, k):.4g}" for k in keys]
-                + ["yes" if r.get("kept_float") else "no"]
-                for r in layers
-            ]
-            out.append(
-                "<details><summary>Per-layer numbers</summary>"
-                + _table(["Layer", *keys, "kept float"], body)
-                + "</details>"
-            )
+            out.append("<h4>Per-layer quantization error</h4>" + _table(LAYER_HEADER, _escaped(layers)))
+        ranges = range_rows(q)
+        if ranges:
+            out.append("<h4>Calibration ranges</h4>" + _table(RANGE_HEADER, _escaped(ranges), left=2))
+    for s in unrecorded_int8_stages(run):
+        out.append(f"<h3>{escape(s['name'])}</h3><p>{escape(search_stage_sentence(run))}</p>")
     return "".join(out)
+
+
+def _escaped(rows: list[list[str]]) -> list[list[str]]:
+    return [[escape(c) for c in row] for row in rows]
 
 
 def _search_details(run: Run) -> str:
@@ -356,7 +356,7 @@ def render_html(run: Run, plots: list[Plot]) -> str:
         "Quantization": _quant_details(run),
         "Budget search": _search_details(run) if run.search else "",
     }
-    for name in ["Trade-offs", "Training", "Quantization", "Evaluation", "Budget search"]:
+    for name in SECTIONS:
         figs = "".join(_figure(p) for p in by_section.get(name, []))
         body = (f"<div class='figs'>{figs}</div>" if figs else "") + extras.get(name, "")
         sections.append((name, body))

@@ -9,7 +9,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .plots import Plot
+from .plots import SECTIONS, Plot
+from .quanttables import (
+    KERNEL_HEADER,
+    LAYER_HEADER,
+    RANGE_HEADER,
+    kernel_rows,
+    kernel_sentence,
+    layer_rows,
+    quant_stages,
+    range_rows,
+    search_stage_sentence,
+    unrecorded_int8_stages,
+)
 from .summary import (
     EXTRA_METRICS,
     Run,
@@ -44,6 +56,54 @@ def stage_table(run: Run) -> list[str]:
     return _table(list(shown[0]), [list(r.values()) for r in shown]) if shown else []
 
 
+def _quantization(run: Run) -> list[str]:
+    """The Quantization chapter's tables (the same rows as the HTML page's)."""
+    lines: list[str] = []
+    for s, q in quant_stages(run):
+        lines += [f"### {s['name']}", ""]
+        sentence = kernel_sentence(q)
+        if sentence:
+            lines += [sentence, ""] + _table(KERNEL_HEADER, kernel_rows(q))
+        layers = layer_rows(run, q)
+        if layers:
+            lines += ["Per-layer quantization error:", ""] + _table(LAYER_HEADER, layers)
+        ranges = range_rows(q)
+        if ranges:
+            lines += ["Calibration ranges:", ""] + _table(RANGE_HEADER, ranges)
+    for s in unrecorded_int8_stages(run):
+        lines += [f"### {s['name']}", "", search_stage_sentence(run), ""]
+    return lines
+
+
+def _search(run: Run, scale: float) -> list[str]:
+    """The Budget search chapter's text and trials table."""
+    s = run.search or {}
+    lines = [f"Objective: **{s.get('objective', '—')}**, budget `{json.dumps(s.get('budget'))}`.", ""]
+    missed = num(s, "missed_by")
+    if missed is not None and missed > 0:
+        lines += [
+            f"**No candidate met the budget**; the closest misses it by {missed * scale:.2f} points.",
+            "",
+        ]
+    body = [
+        [
+            str(t.get("id", "—")),
+            json.dumps(t.get("params"), sort_keys=True),
+            fmt_accuracy(num(t, "val_accuracy"), scale),
+            fmt_bytes(num(t, "size_bytes")),
+            fmt_ms(num(t, "latency_ms")),
+            "yes" if t.get("meets_budget") else "no",
+            "★" if t.get("chosen") else "",
+        ]
+        for t in trials(run)
+    ]
+    if body:
+        lines += _table(
+            ["Trial", "Parameters", "Val accuracy", "Size", "Latency", "Meets budget", "Chosen"], body
+        )
+    return lines
+
+
 def render_markdown(run: Run, plots: list[Plot]) -> str:
     """``report.md``: images are referenced as ``<key>.png`` in the same folder."""
     scale = accuracy_scale(run)
@@ -58,39 +118,19 @@ def render_markdown(run: Run, plots: list[Plot]) -> str:
     if extra:
         body = [[s["name"]] + [fmt_extra(k, metrics(s).get(k), scale) for k in extra] for s in run.stages]
         lines += _table(["Stage"] + [EXTRA_METRICS[k] for k in extra], body)
-    section = None
+    by_section: dict[str, list[Plot]] = {}
     for p in plots:
-        if p.section != section:
-            section = p.section
-            lines += [f"## {section}", ""]
-        lines += [f"![{p.title}]({p.key}.png)", "", f"*{p.title}.* {p.caption}", ""]
-    if run.search is not None:
-        s = run.search
-        if section != "Budget search":
-            lines += ["## Budget search", ""]
-        lines += [f"Objective: **{s.get('objective', '—')}**, budget `{json.dumps(s.get('budget'))}`.", ""]
-        missed = num(s, "missed_by")
-        if missed is not None and missed > 0:
-            lines += [
-                f"**No candidate met the budget**; the closest misses it by {missed * scale:.2f} points.",
-                "",
-            ]
-        body = [
-            [
-                str(t.get("id", "—")),
-                json.dumps(t.get("params"), sort_keys=True),
-                fmt_accuracy(num(t, "val_accuracy"), scale),
-                fmt_bytes(num(t, "size_bytes")),
-                fmt_ms(num(t, "latency_ms")),
-                "yes" if t.get("meets_budget") else "no",
-                "★" if t.get("chosen") else "",
-            ]
-            for t in trials(run)
-        ]
-        if body:
-            lines += _table(
-                ["Trial", "Parameters", "Val accuracy", "Size", "Latency", "Meets budget", "Chosen"], body
-            )
+        by_section.setdefault(p.section, []).append(p)
+    for name in SECTIONS:  # the HTML page's chapters, in its order
+        chapter: list[str] = []
+        for p in by_section.get(name, []):
+            chapter += [f"![{p.title}]({p.key}.png)", "", f"*{p.title}.* {p.caption}", ""]
+        if name == "Quantization":
+            chapter += _quantization(run)
+        if name == "Budget search" and run.search is not None:
+            chapter += _search(run, scale)
+        if chapter:
+            lines += [f"## {name}", ""] + chapter
     versions = info.get("versions")
     if isinstance(versions, dict) and versions:
         lines += ["## Environment", ""] + _table(

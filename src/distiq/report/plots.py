@@ -30,6 +30,9 @@ from .summary import (
     trials,
 )
 
+SECTIONS = ("Trade-offs", "Training", "Quantization", "Evaluation", "Budget search")
+"""The report's chapters in page order; every :class:`Plot` names one of them."""
+
 
 @dataclass
 class Plot:
