@@ -82,3 +82,19 @@ def test_a_run_without_quantization_has_no_chapter(pipeline_run):
     paths = build_report(pipeline_run)
     assert "sec-quantization" not in paths["html"].read_text()
     assert "## Quantization" not in paths["markdown"].read_text()
+
+
+def test_chapter_says_what_onnx_runtime_delivered_and_where(pipeline_run):
+    html = unescape(build_report(pipeline_run)["html"].read_text())
+    assert "measured on AMD EPYC (int8 path x86-avx2)" in html.split("</header>", 1)[0]
+    quantize = _section(html, "quantization").split("<h3>quantize</h3>", 1)[1].split("<h3>", 1)[0]
+    assert (
+        "On AMD EPYC (x86-avx2), ONNX Runtime runs this int8 file at 90.20% accuracy (the simulation "
+        "predicted 91.00%, float 90.50%); top-1 agreement with the simulated model 99.75% on 400 test "
+        "samples; file made for x86-vnni." in quantize
+    )
+    assert "<p class='warn'><b>WARNING: INT8 FILE MADE FOR x86-vnni" in quantize
+    assert "runs a float kernel" not in quantize.split("<table", 1)[0]  # in the kernel table, not shouted
+    md = (pipeline_run / "report" / "report.md").read_text()
+    assert "**WARNING: INT8 FILE MADE FOR x86-vnni RUNS ON AMD EPYC (x86-avx2)**" in md
+    assert "int8 path x86-avx2" in md.split("## Stages", 1)[0]

@@ -23,11 +23,13 @@ from .quanttables import (
     KERNEL_HEADER,
     LAYER_HEADER,
     RANGE_HEADER,
+    cpu_sentence,
     kernel_rows,
     kernel_sentence,
     layer_rows,
     quant_stages,
     range_rows,
+    runtime_lines,
     search_stage_sentence,
     unrecorded_int8_stages,
 )
@@ -74,6 +76,7 @@ h3 { font-size:15px; margin:18px 0 8px; }
 h4 { font-size:13px; margin:14px 0 6px; color:var(--muted); }
 .cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:14px; margin:0 0 22px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; }
+.warn { color:#b3261e; background:#fdecea; border-left:4px solid #b3261e; padding:8px 12px; }
 .card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
 .card .value { font-size:24px; font-weight:600; margin-top:2px; }
 .card .sub { color:var(--muted); font-size:12px; }
@@ -150,6 +153,7 @@ def _header(run: Run) -> str:
     elif info.get("started"):
         parts.append("<b>not finished</b>")
     parts.append(f"{len(run.stages)} stages")
+    parts.append(escape(cpu_sentence(run) or ""))
     meta = " · ".join(p for p in parts if p)
     return f"<header><h1>{escape(run.name)}</h1><div class='meta'>{meta}</div></header>"
 
@@ -246,6 +250,9 @@ def _quant_details(run: Run) -> str:
     out = []
     for s, q in quant_stages(run):
         out.append(f"<h3>{escape(s['name'])}</h3>")
+        for line in runtime_lines(q):
+            style = " class='warn'" if line.startswith("WARNING") else ""
+            out.append(f"<p{style}><b>{escape(line)}</b></p>" if style else f"<p>{escape(line)}</p>")
         sentence = kernel_sentence(q)
         if sentence:
             out.append(f"<p>{escape(sentence)}</p>")

@@ -14,11 +14,13 @@ from .quanttables import (
     KERNEL_HEADER,
     LAYER_HEADER,
     RANGE_HEADER,
+    cpu_sentence,
     kernel_rows,
     kernel_sentence,
     layer_rows,
     quant_stages,
     range_rows,
+    runtime_lines,
     search_stage_sentence,
     unrecorded_int8_stages,
 )
@@ -61,6 +63,8 @@ def _quantization(run: Run) -> list[str]:
     lines: list[str] = []
     for s, q in quant_stages(run):
         lines += [f"### {s['name']}", ""]
+        for line in runtime_lines(q):
+            lines += [f"**{line}**" if line.startswith("WARNING") else line, ""]
         sentence = kernel_sentence(q)
         if sentence:
             lines += [sentence, ""] + _table(KERNEL_HEADER, kernel_rows(q))
@@ -110,6 +114,8 @@ def render_markdown(run: Run, plots: list[Plot]) -> str:
     info = run.info
     lines = [f"# {run.name}", ""]
     meta = [f"{k}: {info[k]}" for k in ("dataset", "started", "finished") if info.get(k)]
+    if cpu_sentence(run):
+        meta.append(cpu_sentence(run))
     if meta:
         lines += [" · ".join(meta), ""]
     if run.stages:

@@ -74,6 +74,39 @@ def kernel_sentence(q: dict[str, Any]) -> str | None:
     return f"{ints} of {ints + floats} compute nodes run in integer arithmetic; {floats} {stays} in float."
 
 
+def cpu_sentence(run: Run) -> str | None:
+    """Where the run's latencies and int8 accuracies were measured (they hold for that CPU only)."""
+    cpu = run.info.get("cpu")
+    if not isinstance(cpu, dict) or not cpu.get("target"):
+        return None
+    return (
+        f"Latency and int8 accuracy measured on {cpu.get('model') or 'an unnamed CPU'} "
+        f"(int8 path {cpu['target']}) with ONNX Runtime; other CPUs run other integer kernels."
+    )
+
+
+def runtime_lines(q: dict[str, Any]) -> list[str]:
+    """What ONNX Runtime delivered for the int8 file against its simulation, and any loud warning."""
+    d = q.get("deploy")
+    if not isinstance(d, dict) or d.get("agreement") is None:
+        return []
+    acc, cpu = d.get("accuracy") or {}, d.get("cpu") or {}
+    where = f"{cpu.get('model', '?')} ({cpu.get('target', '?')})"
+    line = f"On {where}, ONNX Runtime runs this int8 file"
+    if acc.get("onnx") is not None:
+        line += f" at {_fmt(100 * acc['onnx'], '.2f')}% accuracy"
+        if acc.get("simulated") is not None:
+            line += f" (the simulation predicted {_fmt(100 * acc['simulated'], '.2f')}%"
+            line += f", float {_fmt(100 * acc['float'], '.2f')}%)" if acc.get("float") is not None else ")"
+    line += (
+        f"; top-1 agreement with the {d.get('compared_with', 'simulated')} model "
+        f"{_fmt(100 * d['agreement'], '.2f')}% on {d.get('samples', '?')} test samples; "
+        f"file made for {d.get('file_target') or 'an unknown target'}."
+    )
+    loud = [w for w in d.get("warnings") or [] if "float kernel" not in w]
+    return [line] + [f"WARNING: {w}" for w in loud]
+
+
 def kernel_rows(q: dict[str, Any]) -> list[list[str]]:
     """One row per compute node of the int8 file: float nodes first (what a user acts on), with why."""
     rows = [[node, "float", why] for node, why in _float_nodes(q)]
