@@ -7,8 +7,9 @@ import json
 import pytest
 
 import distiq.pipeline as pipeline
-from distiq.pipeline.recipe import BudgetSpec
-from distiq.pipeline.search import threshold
+from distiq.errors import DistiqError
+from distiq.pipeline.recipe import BudgetSpec, SearchSpace, load_recipe
+from distiq.pipeline.search import run_search, threshold
 
 
 def test_threshold_points_and_relative():
@@ -67,3 +68,49 @@ def test_impossible_budget_keeps_the_closest_and_says_by_how_much(tmp_path):
     assert best["chosen"] and not best["meets_budget"]
     assert search["missed_by"] == pytest.approx(search["threshold"] - best["val_accuracy"])
     assert (tmp_path / "stages" / "02-search" / "model.onnx").exists()
+
+
+def test_search_after_a_quantize_stage_prunes_the_float_model(tmp_path):
+    """After ``quantize`` the run's current model is an ONNX file; pruning candidates start from the
+    last float module instead."""
+    result = pipeline.run(
+        {
+            "name": "quantize-then-search",
+            "data": {"name": "digits", "subsample": 300},
+            "teacher": {"model": "mlp", "model_options": {"hidden": [32]}, "train": {"epochs": 1}},
+            "quantize": {"method": "minmax", "calib_samples": 64, "sensitivity": False, "calib_repeats": 0},
+            "evaluate": {"latency": False, "robustness": False, "bootstrap": 0},
+            "budget": {
+                "max_accuracy_drop": 100.0,
+                "search": {"methods": ["minmax"], "prune_amounts": [0.3], "float_fallback": [0]},
+            },
+            "report": False,
+        },
+        tmp_path,
+    )
+    assert [s.kind for s in result.stages] == ["teacher", "quantize", "search"]
+    trials = json.loads((tmp_path / "run.json").read_text())["search"]["trials"]
+    assert [t["params"]["prune"] for t in trials] == [0.3]
+    assert trials[0]["chosen"] and (tmp_path / trials[0]["file"]).is_file()
+    assert result.stage("search").metrics["size_bytes"] == trials[0]["size_bytes"]
+
+
+@pytest.mark.parametrize("key", ["methods", "bits", "per_channel", "float_fallback"])
+def test_an_empty_search_list_is_a_validation_error(key):
+    recipe = {"teacher": {"model": "mlp"}, "budget": {"search": {key: []}}}
+    with pytest.raises(DistiqError, match=rf"budget\.search\.{key}: List should have at least 1 item"):
+        load_recipe(recipe)
+
+
+def test_empty_prune_amounts_means_no_pruning():
+    space = load_recipe(
+        {"teacher": {"model": "mlp"}, "budget": {"search": {"prune_amounts": []}}}
+    ).budget.search
+    assert space.prune_amounts == []
+
+
+def test_a_hand_built_empty_search_fails_before_any_work(tmp_path):
+    """The schema is bypassed (``model_construct``): the search must still refuse, not crash at max([])."""
+    budget = BudgetSpec.model_construct(search=SearchSpace.model_construct(methods=[], bits=[8]))
+    with pytest.raises(DistiqError, match="budget.search"):
+        run_search(budget, None, tmp_path)  # type: ignore[arg-type]  # refused before the state is read

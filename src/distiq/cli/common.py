@@ -16,7 +16,6 @@ from distiq import data as dqdata
 from distiq.data.arrays import ArrayDataset
 from distiq.engine.config import TrainConfig
 from distiq.engine.weights import save_weights
-from distiq.errors import DistiqError
 from distiq.evaluate.api import evaluate
 from distiq.io import write_json_atomic
 
@@ -69,15 +68,11 @@ def training_config(opts: BaseModel, out: Path) -> dict[str, Any]:
 
 
 def load_dataset(spec: str, split: str, root: str | None = None) -> ArrayDataset | None:
-    """A dataset by name, ``.npz`` path or image folder; ``None`` for a file's missing test split."""
-    if spec in dqdata.names():
-        return dqdata.load(spec, split=split, root=root)
-    path = Path(spec)
-    if not path.exists():
-        raise DistiqError(f"data: {spec!r} is neither a dataset ({', '.join(dqdata.names())}) nor a path")
-    if split == "test":
-        return None
-    return dqdata.load_npz(path) if path.suffix == ".npz" else dqdata.load_folder(path)
+    """A dataset by name, ``.npz`` path or image folder; ``None`` for a file's missing test split.
+
+    The same resolution as a recipe's ``data.name`` (:func:`distiq.data.resolve`).
+    """
+    return dqdata.resolve(spec, split, root)
 
 
 def prepare_data(opts: Any) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset | None]:

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.engine.batches import iterate_batches, predict_logits
-from distiq.errors import DataError
-from distiq.registry import Registry
+from distiq.errors import DataError, DistiqError
+from distiq.registry import Registry, unknown_name
 
 from .calibration import DEFAULT_BINS, CalibrationBins, calibration_bins, expected_calibration_error
 from .compare import Comparison, compare_predictions
@@ -48,7 +48,7 @@ def _ece(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tenso
 def _agreement(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None) -> float:
     """Top-1 agreement with the teacher: fraction of samples where both predict the same class."""
     if teacher_logits is None:
-        raise ValueError("metric 'agreement' needs teacher=... (a module or an .onnx path)")
+        raise DistiqError("metric 'agreement' needs teacher=... (a module or an .onnx path)")
     return float((logits.argmax(1) == teacher_logits.argmax(1)).double().mean())
 
 
@@ -91,8 +91,7 @@ def model_logits(model: Model, data: Dataset, batch_size: int = 256) -> torch.Te
 def _check_metrics(metrics: Sequence[str]) -> None:
     for m in metrics:
         if m not in METRICS and m not in LOGIT_METRICS:
-            known = ", ".join(sorted([*METRICS.names(), *LOGIT_METRICS.names()]))
-            raise ValueError(f"unknown metric {m!r}; known: {known}")
+            raise unknown_name("metric", m, [*METRICS.names(), *LOGIT_METRICS.names()])
 
 
 def evaluate(
@@ -114,7 +113,8 @@ def evaluate(
         teacher: Reference model for ``"agreement"`` (module or ``.onnx`` path).
 
     Raises:
-        ValueError: An unknown metric name (listing the known ones), or "agreement" without teacher.
+        DistiqError: An unknown metric name (naming the closest and the known ones), or
+            "agreement" without teacher.
     """
     _check_metrics(metrics)
     arrays = as_arrays(data)

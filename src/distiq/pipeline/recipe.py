@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -139,17 +139,19 @@ class EvaluateSpec(Strict):
 
 
 class SearchSpace(Strict):
-    """Candidates the budget search tries."""
+    """Candidates the budget search tries: every combination of the lists (each needs a value)."""
 
     methods: list[Literal["minmax", "ema", "percentile", "kl", "mse"]] = Field(
         default_factory=lambda: ["minmax", "percentile", "kl"], min_length=1
     )
-    bits: list[int] = Field(default_factory=lambda: [8], min_length=1)
+    bits: list[Annotated[int, Field(ge=2, le=8)]] = Field(default_factory=lambda: [8], min_length=1)
     per_channel: list[bool] = Field(default_factory=lambda: [True], min_length=1)
-    prune_amounts: list[float] = Field(
+    prune_amounts: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=list, description="Extra prune amounts to try; empty means no pruning (amount 0)."
     )
-    float_fallback: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    float_fallback: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="Most sensitive layers kept in float."
+    )
 
 
 class BudgetSpec(Strict):

@@ -44,18 +44,28 @@ class RunResult:
 
 
 def load_data(recipe: Recipe, notes: list[str]) -> tuple[str, dqdata.ArrayDataset, ...]:
-    """Train/val/test sets; falls back to ``data.fallback`` (and says so) when the data are missing."""
+    """Train/val/test sets of ``data.name``: a dataset name, an ``.npz`` file or an image folder.
+
+    Resolved as the command line resolves ``--data`` (:func:`distiq.data.resolve`). A file or folder
+    has no test split, so ``data.test_fraction`` of it (stratified, seeded) is held out as the test set
+    before anything else is drawn. A *named* dataset whose files are missing falls back to
+    ``data.fallback`` (and says so); a user's own file never does: a wrong path is an error.
+    """
     spec = recipe.data
     name = spec.name
     try:
-        full, test = dqdata.load(name, "train", spec.root), dqdata.load(name, "test", spec.root)
+        full, test = dqdata.resolve(name, "train", spec.root), dqdata.resolve(name, "test", spec.root)
     except DataError as e:
-        if not spec.fallback:
+        if not spec.fallback or name not in dqdata.names():
             raise
         notes.append(f"{name} is not available ({e}); using {spec.fallback} instead")
         console.print(f"[yellow]{notes[-1]}")
         name = spec.fallback
-        full, test = dqdata.load(name, "train"), dqdata.load(name, "test")
+        full, test = dqdata.resolve(name, "train"), dqdata.resolve(name, "test")
+    if test is None:
+        full, test = dqdata.split(full, spec.test_fraction, seed=spec.seed)
+        test.name = f"{name}/test"
+        notes.append(f"{name} has no test split: held out {len(test)} samples (data.test_fraction)")
     if spec.subsample is not None:
         n = int(spec.subsample) if spec.subsample > 1 else spec.subsample
         full = dqdata.subsample(full, min(n, len(full)) if isinstance(n, int) else n, seed=spec.seed)

@@ -16,6 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from distiq.data.sampling import subsample
+from distiq.errors import DistiqError
 from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.latency import measure_latency
 from distiq.io import write_bytes_atomic
@@ -40,13 +41,17 @@ def _val_accuracy(path: Path, state: RunState) -> float:
 
 
 def _pruned(state: RunState, amount: float, stage_dir: Path) -> nn.Module:
+    """The last float module pruned by ``amount`` (a copy): after a quantize stage ``state.model`` is
+    an int8 ONNX file, and candidates start from float weights anyway."""
+    if state.float_model is None:
+        raise DistiqError("budget: the search needs a float model from an earlier stage")
     if amount <= 0:
         return state.float_model
     spec = state.recipe.prune
     fine_tune = spec.fine_tune if spec is not None else None
     opts = train_options(fine_tune, stage_dir / f"prune-{amount:g}", state.recipe.seed) if fine_tune else {}
     return prune(
-        state.model,
+        state.float_model,
         amount,
         structured=spec.structured if spec else False,
         train_data=state.train if opts else None,
@@ -60,16 +65,19 @@ def _pruned(state: RunState, amount: float, stage_dir: Path) -> nn.Module:
 def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Try every candidate of ``budget.search``; keep the best that meets the budget."""
     space = budget.search
+    amounts = space.prune_amounts or [0.0]
+    grid = list(itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback))
+    if not grid:  # the recipe schema refuses empty lists; a hand-built spec must fail here, not at max([])
+        raise DistiqError("budget.search: methods, bits, per_channel and float_fallback each need a value")
     seed = state.recipe.seed
     reference = float((onnx_logits(state.teacher_onnx, state.val).argmax(1) == state.val.y).double().mean())
     floor = threshold(budget, reference)
     calib = subsample(state.train, min(512, len(state.train)), seed=seed)
     example = calib.x[:1]
     trials: list[dict] = []
-    for amount in space.prune_amounts or [0.0]:
+    for amount in amounts:
         base = _pruned(state, amount, stage_dir)
         ranking = [r["layer"] for r in sensitivity(base, calib, state.val, method="minmax")]
-        grid = itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback)
         for method, bits, per_channel, fallback in grid:
             tid = len(trials)
             path = stage_dir / "trials" / f"trial-{tid:03d}.onnx"
