@@ -131,12 +131,24 @@ def runtime_check(state: RunState, int8_path: Path, qmodel: nn.Module) -> dict:
     """Run the int8 file in ONNX Runtime on the test split beside its simulation and the float file:
     agreement, the three accuracies and the CPU; disagreement is printed loudly and recorded."""
     report = deploy_check(
-        state.onnx, int8_path, data=state.test, simulated=qmodel, batch_sizes=(), warn=False
+        state.float_onnx, int8_path, data=state.test, simulated=qmodel, batch_sizes=(), warn=False
     )
     for message in report.warnings:
         console.print(f"[bold red]WARNING: {message}[/bold red]")
     keep = ("cpu", "file_target", "agreement", "compared_with", "accuracy", "samples", "warnings")
     return {k: v for k, v in report.to_dict().items() if k in keep}
+
+
+def kernel_record(int8_path: Path) -> dict:
+    """The file's compute nodes as the report lists them: integer ones, and float ones with why."""
+    record: dict = {"integer_nodes": [], "float_nodes": []}
+    for k in kernels(int8_path):
+        node = f"{k.layer} ({k.op} -> {k.runtime_op})"
+        if k.kernel == "integer":
+            record["integer_nodes"].append(node)
+        else:
+            record["float_nodes"].append({"node": node, "reason": k.reason})
+    return record
 
 
 def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageOutput:
@@ -165,12 +177,7 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
         )
     if spec.mode in ("static", "qat"):
         quant["histograms"] = calibration_histograms(qmodel, calib.x[:256])
-    for k in kernels(onnx):
-        node = f"{k.layer} ({k.op} -> {k.runtime_op})"
-        if k.kernel == "integer":
-            quant["integer_nodes"].append(node)
-        else:
-            quant["float_nodes"].append({"node": node, "reason": k.reason})
+    quant |= kernel_record(onnx)
     if spec.mode in ("static", "qat") and spec.calib_repeats > 1:
         quant["calibration_spread"] = calibration_spread(state, spec, stage_dir)
     quant["deploy"] = runtime_check(state, onnx, qmodel)

@@ -152,7 +152,7 @@ def run(
             teacher_pred = logits_of(model, test).argmax(1)
         state.model, state.onnx, previous = model, onnx, key
         if isinstance(model, nn.Module):
-            state.float_model = model
+            state.float_model, state.float_onnx = model, onnx
         records.append(record)
         info["stages"] = [r.to_dict() for r in records]
         write_json_atomic(run_dir / "run.json", info)

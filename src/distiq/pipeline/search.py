@@ -23,6 +23,7 @@ from distiq.io import write_bytes_atomic
 from distiq.prune import prune
 from distiq.quant import export_onnx, quantize, sensitivity
 
+from .compress import kernel_record, runtime_check
 from .recipe import BudgetSpec
 from .stages import RunState, StageOutput, train_options
 
@@ -75,6 +76,8 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
     calib = subsample(state.train, min(512, len(state.train)), seed=seed)
     example = calib.x[:1]
     trials: list[dict] = []
+    simulated: dict[int, nn.Module] = {}
+    target = state.recipe.quantize.target if state.recipe.quantize is not None else "auto"
     for amount in amounts:
         base = _pruned(state, amount, stage_dir)
         ranking = [r["layer"] for r in sensitivity(base, calib, state.val, method="minmax")]
@@ -82,7 +85,10 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
             tid = len(trials)
             path = stage_dir / "trials" / f"trial-{tid:03d}.onnx"
             skip = ranking[:fallback]
-            qmodel = quantize(base, calib, method=method, bits=bits, per_channel=per_channel, skip=skip)
+            qmodel = quantize(
+                base, calib, method=method, bits=bits, per_channel=per_channel, skip=skip, target=target
+            )
+            simulated[tid] = qmodel
             export_onnx(qmodel, path, example)
             acc = _val_accuracy(path, state)
             trial = {
@@ -133,4 +139,6 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
         "missed_by": missed_by,
         "chosen": best["id"],
     }
-    return StageOutput(final, final, {"onnx": final}, extra={"search": search})
+    # the chosen file, run in ONNX Runtime on the test split beside its simulation, and its kernels
+    quant = {"deploy": runtime_check(state, final, simulated[best["id"]]), **kernel_record(final)}
+    return StageOutput(final, final, {"onnx": final}, quant=quant, extra={"search": search})

@@ -37,6 +37,7 @@ class RunState:
     onnx: Path | None = None
     teacher_onnx: Path | None = None
     float_model: nn.Module | None = None  # the last float module (what quantization starts from)
+    float_onnx: Path | None = None  # its ONNX file (the float side of every int8 check)
     notes: list[str] = field(default_factory=list)
 
     @property
