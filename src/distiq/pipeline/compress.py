@@ -17,7 +17,7 @@ from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.stats import spread
 from distiq.prune import prune
 from distiq.prune.structured import save_pruned
-from distiq.quant import deploy_check, export_onnx, kernels, layer_errors, quantize, sensitivity
+from distiq.quant import deploy_check, export_onnx, layer_errors, quantize, sensitivity
 from distiq.quant.modules import ActQuant, quantizers
 
 from .recipe import PruneSpec, QuantizeSpec
@@ -127,22 +127,22 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def runtime_check(state: RunState, int8_path: Path, qmodel: nn.Module) -> dict:
-    """Run the int8 file in ONNX Runtime on the test split beside its simulation and the float file:
-    agreement, the three accuracies and the CPU; disagreement is printed loudly and recorded."""
+def int8_record(state: RunState, int8_path: Path, qmodel: nn.Module) -> dict:
+    """One ORT check of the int8 file on the test split beside its simulation and the float file:
+    ``{"deploy": agreement, accuracies, CPU, warnings}`` plus the file's compute nodes as the report
+    lists them (integer ones, float ones with why). Disagreement is printed loudly."""
     report = deploy_check(
         state.float_onnx, int8_path, data=state.test, simulated=qmodel, batch_sizes=(), warn=False
     )
     for message in report.warnings:
         console.print(f"[bold red]WARNING: {message}[/bold red]")
     keep = ("cpu", "file_target", "agreement", "compared_with", "accuracy", "samples", "warnings")
-    return {k: v for k, v in report.to_dict().items() if k in keep}
-
-
-def kernel_record(int8_path: Path) -> dict:
-    """The file's compute nodes as the report lists them: integer ones, and float ones with why."""
-    record: dict = {"integer_nodes": [], "float_nodes": []}
-    for k in kernels(int8_path):
+    record: dict = {
+        "deploy": {k: v for k, v in report.to_dict().items() if k in keep},
+        "integer_nodes": [],
+        "float_nodes": [],
+    }
+    for k in report.after:  # the kernels deploy_check read back from ORT: not a second session
         node = f"{k.layer} ({k.op} -> {k.runtime_op})"
         if k.kernel == "integer":
             record["integer_nodes"].append(node)
@@ -158,7 +158,7 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
     history: list[dict] = []
     qmodel = _quantize(spec, state, calib, stage_dir, history)
     onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
-    quant: dict = {"layers": [], "histograms": [], "integer_nodes": [], "float_nodes": []}
+    quant: dict = {"layers": [], "histograms": []}
     errors = layer_errors(qmodel, state.model, calib)
     drops = {}
     if spec.sensitivity:
@@ -177,10 +177,9 @@ def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageO
         )
     if spec.mode in ("static", "qat"):
         quant["histograms"] = calibration_histograms(qmodel, calib.x[:256])
-    quant |= kernel_record(onnx)
     if spec.mode in ("static", "qat") and spec.calib_repeats > 1:
         quant["calibration_spread"] = calibration_spread(state, spec, stage_dir)
-    quant["deploy"] = runtime_check(state, onnx, qmodel)
+    quant |= int8_record(state, onnx, qmodel)
     report = getattr(qmodel, "quant_report", None)
     extra = {"quant_report": report.to_dict() if hasattr(report, "to_dict") else None}
     return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)

@@ -23,7 +23,7 @@ from distiq.io import write_bytes_atomic
 from distiq.prune import prune
 from distiq.quant import export_onnx, quantize, sensitivity
 
-from .compress import kernel_record, runtime_check
+from .compress import int8_record
 from .recipe import BudgetSpec
 from .stages import RunState, StageOutput, train_options
 
@@ -140,5 +140,5 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
         "chosen": best["id"],
     }
     # the chosen file, run in ONNX Runtime on the test split beside its simulation, and its kernels
-    quant = {"deploy": runtime_check(state, final, simulated[best["id"]]), **kernel_record(final)}
+    quant = int8_record(state, final, simulated[best["id"]])
     return StageOutput(final, final, {"onnx": final}, quant=quant, extra={"search": search})
