@@ -16,7 +16,7 @@ import scipy.stats
 import torch
 
 from distiq.quant.calibrate import calibrate
-from distiq.quant.histogram import StreamingHistogram, expected_sq_error
+from distiq.quant.histogram import StreamingHistogram, expected_sq_error, quantile
 
 N = 200_000
 
@@ -87,10 +87,11 @@ def test_kl_signed_asymmetric_is_symmetric_search_clipped_to_data():
     assert asym.lo.item() == pytest.approx(max(-sym.hi.item(), x.min()))
 
 
-def test_streaming_histogram_merges_exactly():
-    """After any growth, counts equal one np.histogram of all the data on the final edges."""
+@pytest.mark.parametrize("oversample", [32, 1])  # the default, and one that merges at every growth
+def test_streaming_histogram_merges_exactly(oversample):
+    """After any growth, the internal counts equal one np.histogram of all the data on their edges."""
     rng = np.random.default_rng(1)
-    h = StreamingHistogram(bins=256)
+    h = StreamingHistogram(bins=256, oversample=oversample)
     seen = []
     for scale, shift in [(0.1, 0.0), (0.3, 0.2), (1.0, -0.5), (0.5, 3.0), (7.0, 0.0), (0.2, 0.0)]:
         b = (rng.standard_normal(5000) * scale + shift).astype(np.float32)
@@ -98,21 +99,136 @@ def test_streaming_histogram_merges_exactly():
         h.add(torch.from_numpy(b))
         seen.append(b)
         allv = np.concatenate(seen).astype(np.float64)
-        ref, _ = np.histogram(allv[allv != 0], bins=h.edges)
-        assert h.zeros == 100 * len(seen)
-        assert np.abs(h.counts - ref).sum() <= 2  # at most a value or two on an edge
-        assert h.counts.sum() == (allv != 0).sum()
+        binned = h.binned()  # the first batch alone is held as values
+        ref, _ = np.histogram(allv[allv != 0], bins=binned.edges)
+        assert h.zeros == 100 * len(seen) and h.total == allv.size
+        assert np.abs(binned.counts - ref).sum() <= 2  # at most a value or two on an edge
+        assert binned.counts.sum() == (allv != 0).sum()
         assert (h.min, h.max) == (allv.min(), allv.max())
-        assert 0.0 in h.edges and h.edges[0] <= allv.min() and h.edges[-1] >= allv.max()
-        assert h.counts.size == 256
+        edges = binned.edges
+        assert 0.0 in edges and edges[0] <= allv.min() and edges[-1] >= allv.max()
+        assert 256 * oversample <= binned.size <= h.capacity == 2 * 256 * oversample
 
 
-def test_far_outlier_keeps_the_bin_count_and_every_count():
+def test_far_outlier_keeps_memory_bounded_and_every_count():
     h = StreamingHistogram(bins=64)
     for batch in ([1e-3, -2e-3, 5e-4], [3e25, -1.0], [-7e30, 0.0]):
         h.add(torch.tensor(batch))
-    assert h.counts.size == 64 and h.counts.sum() == 6 and h.zeros == 1
+    assert h.size <= h.capacity == 2 * 32 * 64
+    assert h.counts.sum() == 6 and h.zeros == 1
     assert h.edges[0] <= -7e30 and h.edges[-1] >= 3e25
+    values = [1e-3, -2e-3, 5e-4, 3e25, -1.0, -7e30]
+    assert np.array_equal(h.counts, np.histogram(np.float32(values), bins=h.edges)[0])
+
+
+def test_one_batch_is_exactly_the_one_pass_histogram_and_reading_changes_nothing():
+    x = torch.from_numpy(np.abs(_data("laplace")))
+    h = StreamingHistogram()
+    h.add(x[:1000])
+    view = h.resampled()
+    ref, edges = np.histogram(x[:1000].double().numpy(), bins=2048, range=(0.0, float(x[:1000].max())))
+    assert np.array_equal(view.counts, ref) and np.array_equal(view.edges, edges)
+    quantile(h, 0.5)
+    h.add(x[1000:])
+    unread = StreamingHistogram()
+    unread.add(x[:1000])
+    unread.add(x[1000:])
+    assert np.array_equal(h.counts, unread.counts) and h.width == unread.width
+
+
+def test_resampled_is_exact_where_the_grids_coincide():
+    """Batches inside the range the first two spanned: the one-pass 2048 bins, count for count."""
+    x = np.abs(_data("gauss"))
+    top = int(np.argmax(x))
+    order = np.concatenate([[top], np.delete(np.arange(x.size), top)])
+    parts = np.array_split(x[order], 7)  # the maximum comes in the first batch
+    h = StreamingHistogram()
+    for p in parts:
+        h.add(torch.from_numpy(p))
+    ref, edges = np.histogram(x.astype(np.float64), bins=2048, range=(0.0, float(x.max())))
+    view = h.resampled()
+    assert np.array_equal(view.edges, edges)
+    assert np.abs(view.counts - ref).sum() <= 2
+
+
+def _randn(seed: int) -> torch.Tensor:
+    """``torch.randn(100_000)`` after ``torch.manual_seed(seed)``, as in the issue's report."""
+    return torch.randn(100_000, generator=torch.Generator().manual_seed(seed))
+
+
+def _stream(x: torch.Tensor, growth: int) -> list[torch.Tensor]:
+    """``growth == 1``: 10 equal batches. Otherwise a 1,000-value first batch ``growth`` times
+    narrower than the rest, which follows in batches of 11,000 (the range grows ``growth``-fold)."""
+    if growth == 1:
+        return list(x.split(10_000))
+    return [x[:1000] / growth, *x[1000:].split(11_000)]
+
+
+@pytest.mark.parametrize("seed", [0, 121, 220])
+def test_streamed_kl_in_ten_batches_matches_tensorrt_one_pass(seed):
+    """Issue 8: 100k Gaussian samples in 10 batches gave a KL threshold 5-11% off one pass (width
+    grown by 2: a coarser search with bins beyond the data). Seed 220 is the issue's one-pass 4.145;
+    there the maximum comes in batch 2, for seeds 0 and 121 in batches 4 and 7, so bins must grow."""
+    x = _randn(seed)
+    expected, width = trt_entropy_threshold(x.numpy(), 128)
+    if seed == 220:
+        assert expected == pytest.approx(4.145, abs=1e-3)
+    one_pass = calibrate(x, "kl").hi.item()
+    assert abs(one_pass - expected) <= 2 * width
+    streamed = calibrate(_stream(x, 1), "kl").hi.item()
+    assert streamed == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("growth", [10, 100])
+@pytest.mark.parametrize("relu", [False, True])
+def test_streamed_kl_with_growing_range_matches_one_pass(relu, growth):
+    """Over five seeds, at most one stream lands more than 1% from one pass over the same values.
+
+    One pass is TensorRT's threshold (the tests above check it against the reference). Not all five
+    streams: that threshold chooses among near-equal minima of the divergence and jumps by 5-10% when
+    the data move by 1/32 of a bin, less than re-binning may move them (module docstring).
+    """
+    misses = []
+    for seed in range(5):
+        x = _randn(seed).clamp(min=0) if relu else _randn(seed)
+        parts = _stream(x, growth)
+        one_pass = calibrate(torch.cat(parts), "kl").hi.item()
+        streamed = calibrate(parts, "kl").hi.item()
+        misses += [seed] if abs(streamed / one_pass - 1) > 0.01 else []
+    assert len(misses) <= 1, misses
+
+
+@pytest.mark.parametrize("growth", [1, 10, 100])
+@pytest.mark.parametrize("relu", [False, True])
+def test_streamed_percentile_matches_numpy(relu, growth):
+    """Within a tenth of a search bin of numpy on all the data (the bins read are 32 times finer)."""
+    x = _randn(220).clamp(min=0) if relu else _randn(220)
+    parts = _stream(x, growth)
+    allv = torch.cat(parts).double().numpy()
+    width = np.abs(allv).max() / 2048
+    qp = calibrate(parts, "percentile", percentile=99.99)
+    assert qp.hi.item() == pytest.approx(np.percentile(np.abs(allv), 99.99), abs=0.1 * width)
+    if not relu:
+        lo, hi = np.percentile(allv, [0.005, 99.995])
+        qp = calibrate(parts, "percentile", percentile=99.99, symmetric=False)
+        width = (allv.max() - allv.min()) / 2047
+        assert qp.lo.item() == pytest.approx(lo, abs=0.1 * width)
+        assert qp.hi.item() == pytest.approx(hi, abs=0.1 * width)
+
+
+@pytest.mark.parametrize("growth", [1, 10, 100])
+@pytest.mark.parametrize("relu", [False, True])
+def test_streamed_mse_matches_one_pass(relu, growth):
+    """The range within 1% of one pass and its quantization error as small (the one-pass MSE search
+    is checked against brute force on raw data above)."""
+    x = _randn(220).clamp(min=0) if relu else _randn(220)
+    parts = _stream(x, growth)
+    allv = torch.cat(parts).double().numpy()
+    one_pass = calibrate(torch.cat(parts), "mse").hi.item()
+    streamed = calibrate(parts, "mse").hi.item()
+    assert streamed == pytest.approx(one_pass, rel=0.01)
+    errors = _raw_mse(allv, [-one_pass, -streamed], [one_pass, streamed], 8, True)
+    assert errors[1] <= 1.001 * errors[0]
 
 
 def test_streaming_kl_with_range_doubling_equals_single_pass():
@@ -133,8 +249,8 @@ def test_streaming_kl_with_growing_range_stays_close(name):
     hist = StreamingHistogram()
     for p in parts:
         hist.add(torch.from_numpy(np.abs(p)))
-    assert hist.width > np.abs(np.concatenate(parts)).max() / 2048  # it did grow
-    assert abs(streamed - single) <= 3 * hist.width
+    assert hist.size > 2048 * 32  # bins were added after the first two batches
+    assert streamed == pytest.approx(single, rel=0.01)
 
 
 @pytest.mark.parametrize("name", ["laplace", "relu", "outliers"])
@@ -202,6 +318,7 @@ def test_expected_error_of_histogram_equals_raw_error(symmetric):
     x = _data("laplace")
     h = StreamingHistogram(bins=4096)
     h.add(torch.from_numpy(np.abs(x) if symmetric else x))
+    h = h.resampled()  # 4096 bins over the data, as one np.histogram would put them
     for bits, frac in [(8, 1.0), (8, 0.3), (4, 0.5), (2, 0.2)]:
         amax = frac * np.abs(x).max()
         lo, hi = (-amax, amax) if symmetric else (frac * x.min(), frac * x.max())

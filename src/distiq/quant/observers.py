@@ -254,7 +254,9 @@ class HistogramCalibrator(MinMaxCalibrator):
     ``x`` otherwise.
 
     Args:
-        bins: Histogram bins (2048, as TensorRT); more bins, finer thresholds, slower searches.
+        bins: Search bins (2048, as TensorRT); more bins, finer thresholds, slower searches. The
+            histogram holds 32 times as many (re-binned when read), so that batches streamed in any
+            order give the range one pass over them gives.
     """
 
     absolute: bool | None = None  # None: |x| when symmetric
@@ -355,9 +357,9 @@ class EntropyCalibrator(HistogramCalibrator):
     def _channel_range(self, hist: StreamingHistogram, lo: float, hi: float) -> tuple[float, float]:
         unsigned = not self.symmetric and lo >= 0
         levels = 2**self.bits if unsigned else 2 ** (self.bits - 1)
-        t = 0.0
-        if hist.counts is not None:
-            t = entropy_threshold(hist.counts, hist.edges, levels, self.start_bin, self.stride)
+        view, t = hist.resampled(), 0.0
+        if view.counts is not None:
+            t = entropy_threshold(view.counts, view.edges, levels, self.start_bin, self.stride)
         t = min(t, hist.max)
         if self.symmetric:
             return -t, t
