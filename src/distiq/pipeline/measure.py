@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from distiq.data.arrays import ArrayDataset
+from distiq.data.sampling import subsample
 from distiq.engine.batches import predict_logits
 from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.calibration import expected_calibration_error
@@ -82,6 +83,10 @@ def measure(
             throughput=big.throughput,
         )
     if spec.robustness:
-        rob = robustness(model if isinstance(model, nn.Module) else onnx_path, test, seed=seed)
+        shown = test
+        if spec.robustness_samples is not None and spec.robustness_samples < len(test):
+            shown = subsample(test, spec.robustness_samples, seed=seed)
+        rob = robustness(model if isinstance(model, nn.Module) else onnx_path, shown, seed=seed)
         metrics["robustness"] = rob.accuracy
+        metrics["robustness_samples"] = len(shown)
     return metrics

@@ -134,6 +134,12 @@ class EvaluateSpec(Strict):
 
     latency: bool = True
     robustness: bool = True
+    robustness_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Test images (a stratified draw, the same for every stage) that robustness corrupts; "
+        "None: all. Each corruption and severity is a pass over them, the costliest measurement.",
+    )
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the accuracy CI (0: none).")
     threads: int = Field(2, ge=1)
 

@@ -247,6 +247,12 @@ def _severity(key: Any) -> float | None:
         return None
 
 
+def _robustness_sample(run: Run) -> str:
+    """Says when robustness was measured on a draw of the test split rather than all of it."""
+    counts = {n for s in run.stages if isinstance(n := metrics(s).get("robustness_samples"), int)}
+    return f", on {', '.join(f'{n:,}' for n in sorted(counts))} test images" if counts else ""
+
+
 @styled
 def robustness(run: Run) -> bytes | None:
     """Accuracy under each corruption as its severity grows, one line per stage."""
@@ -345,7 +351,7 @@ def figures(run: Run) -> list[Plot]:
         "robustness",
         "Evaluation",
         "Robustness to corruptions",
-        "Test accuracy as the corruption gets stronger.",
+        "Test accuracy as the corruption gets stronger" + _robustness_sample(run) + ".",
         robustness(run),
     )
     add(
