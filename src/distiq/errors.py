@@ -17,7 +17,14 @@ def validation_message(err: object, source: str) -> str:
     """One line from a pydantic ``ValidationError``: each bad key's dotted path and what was expected."""
     parts = []
     for e in err.errors():  # type: ignore[attr-defined]
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(_printable(p) for p in e["loc"]) or "(top level)"
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         parts.append(f"{key}: {e['msg']}{got}")
     return f"{source}: " + "; ".join(parts)
+
+
+def _printable(part: object) -> str:
+    """A key as written, or quoted when it holds a newline or other control character (a YAML key can),
+    so the message stays one line."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)

@@ -26,17 +26,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # after the writer, not before: mkstemp makes 0600, and so do writers that replace the file
+        # (safetensors' save_file); every artifact gets the permissions the user's umask gives
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -63,7 +70,7 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]
         raise DistiqError(f"{path}: {what} file not found")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # YAML is text: bytes that are not UTF-8 too
         raise DistiqError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise DistiqError(f"{path}: expected a mapping at the top level")

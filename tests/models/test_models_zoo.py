@@ -182,7 +182,7 @@ def test_user_model_by_import_path(tmp_path, monkeypatch):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
     assert models.count_parameters(model) == 64 * 5 + 5 + 5 * 3 + 3
     assert model.config["name"] == "distiq_test_user_models:tiny"
-    assert models.create_from_config(model.config)[1].out_features == 5
+    assert models.create_from_config(model.config, allow_code=model.config["name"])[1].out_features == 5
 
     for spec, fragment in [
         ("distiq_no_such_module_xyz:f", "cannot import"),

@@ -174,7 +174,7 @@ def test_a_damaged_record_is_named(tmp_path):
     at = data.index(name) + len(name) + 30  # inside that record's body
     data[at] ^= 0x10
     (tmp_path / "r.dqsp").write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"record \d \(2\.weight\) checksum"):
+    with pytest.raises(DataError, match=r"record \d \('2\.weight'\) checksum"):
         sparse.read(tmp_path / "r.dqsp")
 
 

@@ -46,6 +46,23 @@ class DataOptions(BaseModel):
     data_seed: int = Field(0, description="Seed of the subsample and validation split.")
 
 
+class CodeOptions(BaseModel):
+    """Which user model code a weights file may name (commands that load weights files)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_code: list[str] = Field(
+        default_factory=list,
+        description="A package.module:factory that the weights files given may name (repeatable); "
+        "loading never imports code a file names unless it is listed here.",
+    )
+
+
+def allowed_code(opts: CodeOptions, *given: str | None) -> list[str]:
+    """The ``package.module:factory`` references a command may import: ``--model-code`` plus any the
+    user typed as a model name (``--student pkg.mod:factory`` runs that code anyway)."""
+    return [*opts.model_code, *(g for g in given if g and ":" in g)]
+
+
 _docs = _attribute_docs(TrainConfig)
 _hints = typing.get_type_hints(TrainConfig)
 TrainingOptions = create_model(
@@ -73,6 +90,12 @@ def load_dataset(spec: str, split: str, root: str | None = None) -> ArrayDataset
     The same resolution as a recipe's ``data.name`` (:func:`distiq.data.resolve`).
     """
     return dqdata.resolve(spec, split, root)
+
+
+def sizes_of(data: ArrayDataset) -> dict[str, int]:
+    """The size keywords of :func:`distiq.models.create` for a model that takes ``data``."""
+    channels, side, _ = data.input_shape
+    return {"num_classes": data.num_classes, "in_channels": channels, "image_size": side}
 
 
 def prepare_data(opts: Any) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset | None]:

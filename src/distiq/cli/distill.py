@@ -8,14 +8,26 @@ import torch
 from pydantic import Field
 
 from distiq.distill.api import distill
+from distiq.engine.config import TrainConfig
 from distiq.engine.weights import load_model
 from distiq.evaluate.api import evaluate
+from distiq.evaluate.fit import check_fits
 from distiq.models import create
 
-from .common import DataOptions, TrainingOptions, finish, prepare_data, training_config
+from .common import (
+    CodeOptions,
+    DataOptions,
+    TrainingOptions,
+    allowed_code,
+    finish,
+    prepare_data,
+    sizes_of,
+    training_config,
+)
+from .rerun import RerunOptions, inputs_key, output_folder, rerun_mode, training_inputs
 
 
-class DistillOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
+class DistillOptions(DataOptions, TrainingOptions, CodeOptions, RerunOptions):  # type: ignore[misc, valid-type]
     """Options of ``distiq distill``."""
 
     teacher: Path = Field(description="Teacher weights (.safetensors written by distiq train).")
@@ -31,21 +43,28 @@ class DistillOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-
     offline: bool = Field(False, description="Cache the teacher's logits once and reuse them.")
     freeze: list[str] = Field(default_factory=list, description="Student layers not to train.")
     init_from_teacher: bool = Field(False, description="Copy matching teacher weights first.")
-    out: Path = Field(Path("runs/distill"), description="Output folder.")
+    out: Path = Field(
+        Path("runs/distill"),
+        description="Output folder. A rerun with the same options, data and teacher file contents "
+        "resumes its checkpoint; with others it is refused unless --force or --resume is given.",
+    )
 
 
 def run_distill(opts: DistillOptions) -> dict:
     """Distill, save the student and ``summary.json`` in ``opts.out``; return the summary."""
+    with output_folder(opts.out):
+        return _distill(opts)
+
+
+def _distill(opts: DistillOptions) -> dict:
+    """The distillation, inside the folder's lock; the teacher file's contents are an input."""
     train_set, val_set, test_set = prepare_data(opts)
-    teacher = load_model(opts.teacher)
+    teacher = load_model(opts.teacher, allow_code=allowed_code(opts, opts.student))
+    check_fits(teacher, train_set, opts.teacher)
+    inputs = training_inputs(opts, {"teacher": opts.teacher})
+    options = training_config(opts, opts.out)
     torch.manual_seed(opts.seed)  # the initial weights are part of a reproducible run
-    student = create(
-        opts.student,
-        num_classes=train_set.num_classes,
-        in_channels=train_set.input_shape[0],
-        image_size=train_set.input_shape[1],
-        **opts.student_options,
-    )
+    student = create(opts.student, **sizes_of(train_set), **opts.student_options)
     result = distill(
         teacher,
         student,
@@ -60,7 +79,20 @@ def run_distill(opts: DistillOptions) -> dict:
         cache_dir=opts.out / "teacher-cache" if opts.offline else None,
         freeze=opts.freeze or None,
         init_from_teacher=opts.init_from_teacher,
-        **training_config(opts, opts.out),
+        inputs=inputs,
+        rerun=rerun_mode(opts),
+        **options,
     )
     teacher_test = evaluate(teacher, test_set) if test_set is not None else None
-    return finish("distill", opts, student, result, val_set, test_set, teacher_test=teacher_test)
+    key = inputs_key(TrainConfig(**options).identity(), inputs)
+    return finish(
+        "distill",
+        opts,
+        student,
+        result,
+        val_set,
+        test_set,
+        teacher_test=teacher_test,
+        inputs=inputs,
+        inputs_key=key,
+    )

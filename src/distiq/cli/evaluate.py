@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from distiq.errors import DistiqError
 from distiq.evaluate.api import evaluate
+from distiq.evaluate.fit import check_fits
 from distiq.prune.structured import load_pruned
 
-from .common import load_dataset
+from .common import CodeOptions, allowed_code, load_dataset
 
 
-class EvaluateOptions(BaseModel):
+class EvaluateOptions(CodeOptions):
     """Options of ``distiq evaluate``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +32,9 @@ def run_evaluate(opts: EvaluateOptions) -> dict:
     data = load_dataset(opts.data, opts.split, opts.data_root)
     if data is None:
         raise DistiqError(f"data: {opts.data} has no {opts.split!r} split")
-    model = opts.model if opts.model.suffix == ".onnx" else load_pruned(opts.model)
+    onnx = opts.model.suffix == ".onnx"
+    model = opts.model if onnx else load_pruned(opts.model, allow_code=allowed_code(opts))
+    check_fits(model, data, opts.model)
     result = evaluate(model, data, opts.metrics, batch_size=opts.batch_size)
     print(json.dumps(result))
     return result

@@ -6,15 +6,17 @@ import json
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
 from distiq.quant.deploy import kernels
 from distiq.quant.export import export_onnx
 
+from .common import CodeOptions, allowed_code
 
-class ExportOptions(BaseModel):
+
+class ExportOptions(CodeOptions):
     """Options of ``distiq export``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +31,7 @@ class ExportOptions(BaseModel):
 
 def run_export(opts: ExportOptions) -> dict:
     """Export and print ``{"onnx", "bytes", "kernels"}`` as JSON on stdout."""
-    model = load_model(opts.model).eval()
+    model = load_model(opts.model, allow_code=allowed_code(opts)).eval()
     shape = opts.input_shape
     if not shape:
         config = getattr(model, "config", {}) or {}

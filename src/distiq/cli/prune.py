@@ -12,17 +12,27 @@ from pathlib import Path
 
 import torch
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from distiq.evaluate.api import evaluate
+from distiq.evaluate.fit import check_fits
 from distiq.models import count_parameters
 from distiq.prune import load_pruned, prune, save_pruned, sparse, sparsity_rich_table, sparsity_table
 
-from .common import DataOptions, TrainingOptions, console, prepare_data, save_summary, training_config
+from .common import (
+    CodeOptions,
+    DataOptions,
+    TrainingOptions,
+    allowed_code,
+    console,
+    prepare_data,
+    save_summary,
+    training_config,
+)
 from .options import command
 
 
-class PruneOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-type]
+class PruneOptions(DataOptions, TrainingOptions, CodeOptions):  # type: ignore[misc, valid-type]
     """Options of ``distiq prune``."""
 
     weights: Path = Field(description="Trained model (.safetensors written by distiq train/distill).")
@@ -46,7 +56,7 @@ class PruneOptions(DataOptions, TrainingOptions):  # type: ignore[misc, valid-ty
     out: Path = Field(Path("runs/prune"), description="Output folder.")
 
 
-class SparseOptions(BaseModel):
+class SparseOptions(CodeOptions):
     """Options of ``distiq sparse``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,12 +67,14 @@ class SparseOptions(BaseModel):
 def run_prune(opts: PruneOptions) -> dict:
     """Prune, fine-tune, save ``model.safetensors``, ``model.dqsp`` and ``summary.json``; return it."""
     train_set, val_set, test_set = prepare_data(opts)
-    model = load_pruned(opts.weights)
+    model = load_pruned(opts.weights, allow_code=allowed_code(opts))
+    check_fits(model, train_set, opts.weights)
     eval_set = test_set if test_set is not None else val_set
     before = evaluate(model, eval_set) if eval_set is not None else None
     teacher = opts.teacher
     if teacher is not None and teacher != "original":
-        teacher = load_pruned(Path(teacher))
+        teacher = load_pruned(Path(teacher), allow_code=allowed_code(opts))
+        check_fits(teacher, train_set, opts.teacher)
     options = {}
     if opts.epochs > 0:
         options = training_config(opts, opts.out)
@@ -106,9 +118,10 @@ def run_prune(opts: PruneOptions) -> dict:
 def run_sparse(opts: SparseOptions) -> dict:
     """Verify a compressed file, print its bytes per tensor, optionally write it out as safetensors."""
     report = sparse.info(opts.file)  # reads and checks every record
+    model = None if opts.out is None else sparse.load_model(opts.file, allow_code=allowed_code(opts))
     console.print(report.rich_table())
-    if opts.out is not None:
-        save_pruned(sparse.load_model(opts.file), opts.out)
+    if model is not None:  # refused (one line) before the table is printed
+        save_pruned(model, opts.out)
         console.print(f"weights in [bold]{opts.out}[/bold]")
     return report.to_dict()
 

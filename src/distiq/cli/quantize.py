@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from distiq import data as dqdata
 from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
+from distiq.evaluate.fit import check_fits
 from distiq.io import write_json_atomic
 from distiq.quant.api import quantize
 from distiq.quant.deploy import DeploymentWarning, deploy_check
@@ -17,10 +18,10 @@ from distiq.quant.export import export_onnx
 from distiq.quant.ptq import MODES
 from distiq.quant.sensitivity import layer_errors, mixed_precision
 
-from .common import console, load_dataset
+from .common import CodeOptions, allowed_code, console, load_dataset
 
 
-class QuantizeOptions(BaseModel):
+class QuantizeOptions(CodeOptions):
     """Options of ``distiq quantize``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -71,11 +72,12 @@ class QuantizeOptions(BaseModel):
 def run_quantize(opts: QuantizeOptions) -> dict:
     """Quantize, export ``model.onnx`` (and ``float.onnx``), check the file in ONNX Runtime on this CPU,
     write ``report.json``; return the report. The accuracy reported is the one ORT delivers."""
-    model = load_model(opts.model).eval()
+    model = load_model(opts.model, allow_code=allowed_code(opts)).eval()
     train = load_dataset(opts.data, "train", opts.data_root)
     test = load_dataset(opts.data, "test", opts.data_root)
     if train is None:
         raise DistiqError(f"data: {opts.data} has no training split to calibrate on")
+    check_fits(model, train, opts.model)
     fit, val = dqdata.split(train, opts.val_fraction, seed=opts.data_seed)
     calib = dqdata.subsample(fit, min(opts.calib_samples, len(fit)), seed=opts.data_seed)
     options = dict(

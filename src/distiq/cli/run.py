@@ -16,7 +16,12 @@ def run_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/NAME).")] = None,
 ) -> None:
-    """Run a recipe; finished stages whose inputs did not change are reused."""
+    """Run a recipe; finished stages whose inputs did not change are reused.
+
+    A stage's inputs are its recipe section, the data (a file's or folder's contents too), the
+    contents of the files it names (teacher.weights) and the stages before it: replacing a file at the
+    same path reruns what depends on it. While a run writes a folder, a second run into it is refused.
+    """
     result = run(recipe, out)
     report = result.run_dir / "report" / "report.html"
     console.print(f"run directory: [bold]{result.run_dir}[/bold]")

@@ -18,6 +18,13 @@ from torch.utils.data import Dataset
 
 from distiq.errors import DataError
 
+MAX_CLASSES = 100_000
+"""The most classes labels may imply when the data names none: a label beyond it is a corrupt file,
+not a classifier distiq could train (a label of 2**40 would otherwise build 2**40 class names)."""
+
+UNUSED_FACTOR = 10
+"""Undeclared classes ``0..max`` may outnumber the distinct labels present at most this many times."""
+
 
 class ArrayDataset(Dataset):
     """Images ``x`` (float32 ``[N, C, H, W]``) and labels ``y`` (int64 ``[N]``).
@@ -39,6 +46,8 @@ class ArrayDataset(Dataset):
         self.x = x.to(torch.float32).contiguous()
         self.y = y.to(torch.int64).contiguous()
         n_classes = int(self.y.max()) + 1 if len(self.y) else 0
+        if classes is None and n_classes > MAX_CLASSES:  # every loader checks first; this bounds the rest
+            raise DataError(f"{name}: label {n_classes - 1} implies more than {MAX_CLASSES:,} classes")
         self.classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
         self.name = name
 
@@ -94,9 +103,18 @@ def load_npz(
         y_key: Key of the integer labels ``[N]`` (``[N, 1]`` is flattened).
         classes: Class names; default: the file's ``classes`` array if it has one, else ``"0"``...
 
+    Labels are checked against the class count the data declares, because a stray label otherwise
+    silently changes the model built for the data (a label of 1000 among ten classes made a
+    1001-class model): with class names (``classes``, given or stored in the file) every label must
+    index one; without, the classes are ``0..max`` and the labels must look like class ids: at most
+    ``MAX_CLASSES`` (100,000) of them, and no more than ``UNUSED_FACTOR`` (10) times as many as the
+    distinct labels present (labels 0-9 and one 1000: 1001 classes for 11 labels, refused). Store a
+    ``classes`` array to declare classes that the file has no samples of.
+
     Raises:
-        DataError: The file is missing or not an ``.npz``, a key is missing, or the arrays do not
-            fit together; the message names the file.
+        DataError: The file is missing or not an ``.npz``, a key is missing, the arrays do not fit
+            together, a pixel is NaN or infinite (after the cast to float32), or a label is negative,
+            not an integer or not a class id by the rules above; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,22 +135,64 @@ def load_npz(
                 return archive[key]
             except (ValueError, OSError, zipfile.BadZipFile) as e:
                 raise DataError(f"{path}: cannot read array {key!r} ({e})") from None
+            except MemoryError:  # a header may declare any shape; the file is data, not a demand
+                raise DataError(f"{path}: array {key!r} declares more data than fits in memory") from None
 
         x, y = get(x_key), get(y_key)
         if classes is None and "classes" in present and "classes" not in (x_key, y_key):
             classes = [str(c) for c in get("classes").tolist()]
     x = _images_to_nchw(x, path, x_key)
+    check_finite(x, f"{path}: images {x_key!r}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"{path}: labels {y_key!r} must be integers [N], got {y.dtype} {y.shape}")
     if len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images in {x_key!r} but {len(y)} labels in {y_key!r}")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{path}: labels {y_key!r} must be >= 0, found {int(y.min())}")
-    if classes is not None and len(y) and int(y.max()) >= len(classes):
-        raise DataError(f"{path}: label {int(y.max())} but only {len(classes)} class names")
+    check_labels(y, classes, f"{path}: labels {y_key!r}")
     return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), classes, path.stem)
+
+
+def check_finite(x: np.ndarray, source: str) -> None:
+    """Refuse NaN or infinite pixels, counted, before they reach a model: one NaN pixel makes every
+    weight NaN after one training step, and the run still ended with exit 0."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
+        raise DataError(
+            f"{source} hold {bad:,} NaN or infinite values (first in sample {first}); expected finite"
+        )
+
+
+def check_labels(y: np.ndarray, classes: Sequence[str] | None, source: str) -> None:
+    """Refuse labels that are not class ids: negative, beyond the class names, or (without names)
+    implying more than ``MAX_CLASSES`` classes or ``UNUSED_FACTOR`` times the distinct labels present.
+
+    Why bound undeclared classes at all: the class count is ``max + 1``, so one corrupt label decides
+    the size of the model (and of the list of class names) built for the data.
+    """
+    if not len(y):
+        return
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise DataError(f"{source} must be >= 0, found {low}")
+    if classes is not None:
+        if high >= len(classes):
+            raise DataError(f"{source}: label {high} but only {len(classes)} class names")
+        return
+    if high >= MAX_CLASSES:
+        raise DataError(
+            f"{source}: label {high} implies {high + 1:,} classes, more than {MAX_CLASSES:,}; "
+            "labels must be class ids 0..n-1"
+        )
+    distinct = len(np.unique(y))
+    if high + 1 > UNUSED_FACTOR * distinct:
+        raise DataError(
+            f"{source}: label {high} implies {high + 1:,} classes but only {distinct} distinct labels "
+            f"appear (more than {UNUSED_FACTOR}x unused); labels must be class ids 0..n-1, or store a "
+            "'classes' array naming every class"
+        )
 
 
 def _images_to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -147,7 +207,8 @@ def _images_to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
             x = x.transpose(0, 3, 1, 2)
     else:
         raise DataError(f"{path}: images {key!r} must be [N,H,W] or [N,C,H,W], got {x.shape}")
-    out = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is refused by check_finite
+        out = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype == np.uint8:
         out /= np.float32(255)
     return out

@@ -8,6 +8,7 @@ the same as for the built-in datasets.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,15 @@ IMAGE_SUFFIXES = frozenset(
 )
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
+MAX_PIXELS = 4096 * 4096
+"""The largest image (width x height) this loader decodes, checked from the file's header first.
+
+Why far below PIL's own limit (89 million pixels, an error only at twice that): distiq compresses
+small image classifiers, whose inputs are tens to hundreds of pixels a side, and a folder is read whole
+into memory; a file claiming more is a decompression bomb or a photo to downscale first, and either
+way it should be refused before it is decoded, naming the file.
+"""
+
 
 def _is_colour(image: Image.Image) -> bool:
     """Whether an image carries colour: by mode, and for palette images by their pixels."""
@@ -34,13 +44,34 @@ def _is_colour(image: Image.Image) -> bool:
 
 
 def _read(path: Path) -> Image.Image:
-    """Open and decode ``path`` fully, so a corrupt file fails here with its name."""
+    """Open and decode ``path`` fully, so a corrupt, oversized or non-finite file fails here with its
+    name (see ``MAX_PIXELS``)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_size(path, image)
+                image.load()
+                image = image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
+    if image.mode == "F":  # 32-bit float pixels (e.g. TIFF) can hold NaN and inf; 8-bit cannot
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(image))))
+        if bad:
+            raise DataError(f"{path}: {bad:,} NaN or infinite pixels; expected finite")
+    return image
+
+
+def _check_size(path: Path, image: Image.Image) -> None:
+    """Refuse from the header alone, before a single pixel is decoded (see ``MAX_PIXELS``)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the "
+            f"{MAX_PIXELS:,} this loader decodes; downscale it first"
+        )
 
 
 def _size_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -75,7 +106,8 @@ def load_folder(
 
     Raises:
         DataError: The folder is missing or holds no classes, a class folder holds no images, an
-            image cannot be read, or sizes differ without ``image_size``; the message names the path.
+            image cannot be read, has more than ``MAX_PIXELS`` pixels or NaN/inf pixels (float
+            images), or sizes differ without ``image_size``; the message names the path.
     """
     root = Path(path)
     if not root.is_dir():

@@ -15,6 +15,9 @@ from torch import nn
 from distiq.errors import DistiqError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Fields that say where a run writes and what it shows, not what it computes: a checkpoint made
+# under other values of these is still the same training (see :meth:`TrainConfig.identity`).
+PLACEMENT = ("checkpoint_dir", "log_path", "progress")
 SCHEDULES = ("constant", "cosine", "step")
 MONITORS = ("val_accuracy", "val_loss")
 
@@ -36,7 +39,8 @@ class TrainConfig:
         patience: Stop after this many epochs without improvement of ``monitor`` (None: never).
         monitor: "val_accuracy" or "val_loss"; the best epoch's weights are restored at the end.
         target_accuracy: Stop as soon as validation accuracy (in [0, 1]) reaches this.
-        checkpoint_dir: Where to write a checkpoint after every epoch; resumes from it if present.
+        checkpoint_dir: Where to write a checkpoint after every epoch; resumes from it if present and
+            made by the same options.
         log_path: JSONL file receiving one record per epoch.
         progress: Show progress bars (None: only on a terminal).
         eval_batch_size: Batch size for validation passes.
@@ -93,6 +97,13 @@ class TrainConfig:
         mine = {k: v for k, v in options.items() if k in names}
         rest = {k: v for k, v in options.items() if k not in names}
         return cls(**mine), rest  # type: ignore[arg-type]
+
+    def identity(self) -> dict:
+        """The fields that decide what training computes (all but :data:`PLACEMENT`), JSON-ready.
+
+        A checkpoint records them, so a rerun can tell its own checkpoint from one of other options.
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PLACEMENT}
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: a pure function, so a resumed run needs no state."""

@@ -8,6 +8,7 @@ instead, which is what a log wants. ``progress=False`` prints nothing (tests).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from distiq.io import write_bytes_atomic
 
 
 def make_progress(enabled: bool | None = None) -> Progress:
@@ -88,8 +91,17 @@ class EpochProgress:
             print(line, file=sys.stderr, flush=True)
 
 
+def _epoch_of(record: dict) -> int | float:
+    epoch = record.get("epoch", 0)
+    return epoch if isinstance(epoch, int) else math.inf  # a record without a sane epoch is dropped
+
+
 class MetricsLog:
-    """Appends one JSON object per line; each line is flushed and fsynced when written."""
+    """Appends one JSON object per line; each line is flushed and fsynced when written.
+
+    A process killed mid-write leaves a partial last line. Reading skips it and :meth:`repair`
+    removes it, so one interrupted write never blocks a resume (nor glues the next record onto it).
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path else None
@@ -104,13 +116,36 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
 
+    def records(self) -> list[dict]:
+        """The complete records in the log (a partial or garbled line is skipped)."""
+        if self.path is None or not self.path.exists():
+            return []
+        found = []
+        for line in self.path.read_bytes().decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                found.append(record)
+        return found
+
     def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs after ``epoch`` (written by a run that was then interrupted)."""
+        """Keep the complete records of epochs up to ``epoch``: later ones were written by a run that
+        was then interrupted, and a broken line by one killed while writing it."""
         if self.path is None or not self.path.exists():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= epoch
-        ]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        self._rewrite([r for r in self.records() if _epoch_of(r) <= epoch])
+
+    def repair(self) -> None:
+        """Drop broken lines (a write cut short), keeping every complete record."""
+        if self.path is None or not self.path.exists():
+            return
+        text = self.path.read_bytes()
+        if not text or (text.endswith(b"\n") and len(self.records()) == text.count(b"\n")):
+            return
+        self._rewrite(self.records())
+
+    def _rewrite(self, records: list[dict]) -> None:
+        """Replace the log in one rename, so a kill now leaves the old log or the new one."""
+        write_bytes_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())

@@ -5,15 +5,22 @@ dropout) is seeded from ``(seed, epoch)`` at the epoch's start, and everything s
 optimizer moments, adapters, best weights, history) is checkpointed at the epoch's end. A run
 killed anywhere therefore redoes the interrupted epoch from identical state and ends bit-identical
 to an uninterrupted one.
+
+A checkpoint is resumed only by the training that made it: it records the options and the caller's
+``inputs``, and a rerun with others is refused (or, when asked, starts fresh or continues anyway).
+Training is finite or stops: a non-finite loss or weight ends it with :class:`Diverged` before any
+checkpoint of that epoch is written, so the last good checkpoint is never replaced by a broken one.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +28,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
+from distiq.errors import DistiqError
 
 from .batches import iterate_batches, predict_logits
 from .checkpoint import (
+    checkpoint_file,
+    clear_checkpoint,
     flatten_optimizer,
+    input_changes,
     load_checkpoint,
+    plain,
     prefixed,
     save_checkpoint,
     section,
@@ -37,6 +49,28 @@ from .progress import EpochProgress, MetricsLog
 from .weights import state_tensors
 
 EpochCallback = Callable[[int, dict], None]
+Rerun = Literal["auto", "fresh", "resume"]
+RERUNS = ("auto", "fresh", "resume")
+
+
+class InputsChanged(DistiqError):
+    """The checkpoint directory holds training of other options or inputs (``rerun="auto"``).
+
+    Attributes:
+        folder: The checkpoint directory.
+        changes: What differs, one phrase each (``"lr: 0.01 -> 0.1"``, ``"data changed"``).
+    """
+
+    def __init__(self, folder: str, changes: list[str]) -> None:
+        self.folder, self.changes = folder, changes
+        super().__init__(
+            f"{folder}: holds a checkpoint of other inputs ({'; '.join(changes)}); delete it to start "
+            "afresh (rerun='fresh'), or continue it with these options (rerun='resume')"
+        )
+
+
+class Diverged(DistiqError):
+    """Training produced a non-finite loss or weight; the message names where and what was kept."""
 
 
 @dataclass
@@ -86,6 +120,8 @@ def train(
     objective: Objective | None = None,
     params: list[nn.Parameter] | None = None,
     on_epoch_end: EpochCallback | None = None,
+    inputs: object = None,
+    rerun: Rerun = "auto",
     **options: object,
 ) -> TrainResult:
     """Train ``model`` in place and return it with its history.
@@ -97,13 +133,23 @@ def train(
         objective: Turns a batch into a loss (default: cross-entropy).
         params: Parameters to optimise (default: the model's trainable ones and the objective's).
         on_epoch_end: Called with ``(epoch, record)`` after each epoch's checkpoint.
+        inputs: What else the result depends on (model, data, input files' hashes), JSON-able;
+            recorded in the checkpoint beside the options and compared on resume.
+        rerun: With a checkpoint in ``checkpoint_dir``: "auto" resumes it when it was made by the
+            same options and ``inputs`` and raises :class:`InputsChanged` otherwise; "fresh" deletes
+            it (and the log) and starts over; "resume" continues it whatever changed.
         **options: Fields of :class:`TrainConfig` (``epochs``, ``lr``, ``checkpoint_dir``, ...).
+
+    Raises:
+        InputsChanged: See ``rerun``.
+        Diverged: A loss or weight became NaN or inf; the message names the epoch, the step and the
+            last good checkpoint, which is kept.
     """
     cfg, rest = TrainConfig.from_options(**options)
     if rest:
-        from distiq.errors import DistiqError
-
         raise DistiqError(f"unknown training option(s): {', '.join(sorted(rest))}")
+    if rerun not in RERUNS:
+        raise DistiqError(f"rerun: expected one of {', '.join(RERUNS)}, got {rerun!r}")
     train_set = as_arrays(train_data)
     val_set = as_arrays(val_data) if val_data is not None else None
     objective = objective or Objective()
@@ -114,21 +160,28 @@ def train(
     result = TrainResult(model=model)
     best_state: dict[str, torch.Tensor] | None = None
     log = MetricsLog(cfg.log_path)
-    start = _resume(cfg, model, objective, optimizer, result, log)
+    inputs = plain(inputs)
+    start = _resume(cfg, model, objective, optimizer, result, inputs, rerun)
     if start is not None:
         best_state = start[1]
         start_epoch = start[0]
     else:
         start_epoch = 0
+    if cfg.checkpoint_dir:
+        log.truncate_after(start_epoch - 1)  # records past the checkpoint are an interrupted epoch's
+    else:
+        log.repair()
     result.resumed_from = start_epoch
     if result.stopped != "epochs" or start_epoch >= cfg.epochs:
         return _finish(model, result, best_state)
 
     objective.setup(model, train_set)
+    watched = _finite_tensors(model, objective)
     try:
         with EpochProgress(_label(cfg), cfg.epochs, start_epoch, cfg.progress) as progress:
             for epoch in range(start_epoch, cfg.epochs):
                 record = _run_epoch(cfg, epoch, model, objective, optimizer, params, train_set)
+                _check_weights(cfg, epoch, model, objective, watched)
                 if val_set is not None:
                     val = evaluate_loss_accuracy(model, val_set, cfg.eval_batch_size)
                     record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -139,7 +192,7 @@ def train(
                 result.stopped = _stop_reason(cfg, result, record, epoch)
                 log.write(record)
                 if cfg.checkpoint_dir:
-                    _save(cfg, epoch, model, objective, optimizer, result, best_state)
+                    _save(cfg, epoch, model, objective, optimizer, result, best_state, inputs)
                 progress.epoch_done(_summary(record))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, record)
@@ -161,9 +214,13 @@ def _run_epoch(cfg, epoch, model, objective, optimizer, params, data) -> dict:
     sums: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
-    for x, y, idx in iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen):
+    batches = iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen)
+    for step, (x, y, idx) in enumerate(batches, start=1):
         optimizer.zero_grad(set_to_none=True)
         logits, terms = objective(model, x, y, idx)
+        loss = float(terms["loss"].detach())
+        if not math.isfinite(loss):
+            raise _diverged(cfg, epoch, f"step {step}: the loss is {loss}")
         terms["loss"].backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -177,6 +234,40 @@ def _run_epoch(cfg, epoch, model, objective, optimizer, params, data) -> dict:
     record.update({f"train_{k}": v / seen for k, v in sums.items()})
     record["train_accuracy"] = correct / seen
     return record
+
+
+def _state(model: nn.Module, objective: Objective) -> dict[str, torch.Tensor]:
+    return model.state_dict() | {f"objective.{k}": v for k, v in objective.state_dict().items()}
+
+
+def _finite_tensors(model: nn.Module, objective: Objective) -> set[str]:
+    """The floating-point state that is finite before training: what must stay so (a buffer that
+    holds ``-inf`` on purpose, say a mask, is not watched)."""
+    state = _state(model, objective)
+    return {k for k, v in state.items() if v.is_floating_point() and bool(v.isfinite().all())}
+
+
+def _check_weights(cfg: TrainConfig, epoch: int, model: nn.Module, objective: Objective, watched: set[str]):
+    """Refuse to go on (and to checkpoint) with a NaN or inf weight, buffer or objective tensor."""
+    for name, tensor in _state(model, objective).items():
+        if name in watched and not bool(tensor.isfinite().all()):
+            bad = int((~tensor.isfinite()).sum())
+            raise _diverged(cfg, epoch, f"after its last step: {bad} value(s) of {name} not finite")
+
+
+def _diverged(cfg: TrainConfig, epoch: int, where: str) -> Diverged:
+    """One line: where training broke, at which lr, and which checkpoint holds the last good state."""
+    kept = checkpoint_file(cfg.checkpoint_dir)
+    if kept is not None:
+        saved = f"the last good checkpoint, {kept}, is kept unchanged"
+    elif cfg.checkpoint_dir:
+        saved = f"no checkpoint was written to {cfg.checkpoint_dir} before it"
+    else:
+        saved = "no checkpoint_dir was given, so no checkpoint was kept"
+    return Diverged(
+        f"training diverged at epoch {epoch + 1}/{cfg.epochs}, {where} (lr {cfg.lr_at(epoch):g}); "
+        f"{saved}; lower the learning rate (lr) or clip gradients (grad_clip)"
+    )
 
 
 def _improved(cfg: TrainConfig, result: TrainResult, record: dict) -> bool:
@@ -212,7 +303,7 @@ def _summary(record: dict) -> str:
     return "  ".join(parts)
 
 
-def _save(cfg, epoch, model, objective, optimizer, result, best_state) -> None:
+def _save(cfg, epoch, model, objective, optimizer, result, best_state, inputs) -> None:
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
     tensors = prefixed("model", state_tensors(model))
     tensors |= prefixed("objective", state_tensors(objective))
@@ -225,26 +316,52 @@ def _save(cfg, epoch, model, objective, optimizer, result, best_state) -> None:
         "best_epoch": result.best_epoch,
         "stopped": result.stopped,
         "optimizer": opt_meta,
+        "config": plain(cfg.identity()),
+        "inputs": inputs,
     }
     save_checkpoint(cfg.checkpoint_dir, tensors, meta)
 
 
-def _resume(cfg, model, objective, optimizer, result, log) -> tuple[int, dict | None] | None:
+def _resume(cfg, model, objective, optimizer, result, inputs, rerun) -> tuple[int, dict | None] | None:
     if not cfg.checkpoint_dir:
+        return None
+    if rerun == "fresh":
+        clear_checkpoint(cfg.checkpoint_dir)
         return None
     found = load_checkpoint(cfg.checkpoint_dir)
     if found is None:
         return None
     tensors, meta = found
-    model.load_state_dict(section("model", tensors))
-    objective.load_state_dict(section("objective", tensors))
-    optimizer.load_state_dict(unflatten_optimizer(section("optimizer", tensors), meta["optimizer"]))
+    changes = input_changes(meta, cfg, inputs)
+    if changes and rerun == "auto":
+        raise InputsChanged(cfg.checkpoint_dir, changes)
+    try:
+        model.load_state_dict(section("model", tensors))
+        objective.load_state_dict(section("objective", tensors))
+        _load_optimizer(optimizer, tensors, meta, cfg, changed=bool(changes))
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistiqError(
+            f"{checkpoint_file(cfg.checkpoint_dir)}: does not fit this model and optimizer ({first})"
+        ) from None
     result.history = meta["history"]
     result.best_epoch = meta["best_epoch"]
     result.stopped = meta["stopped"]
-    log.truncate_after(meta["epoch"] - 1)
     best = section("best", tensors) or None
     return meta["epoch"], best
+
+
+def _load_optimizer(optimizer, tensors: dict, meta: dict, cfg: TrainConfig, changed: bool) -> None:
+    """The checkpoint's optimizer state; continued with changed options, its moments are kept only
+    for the same optimizer, and the hyperparameters are the new options' (the lr is set per epoch)."""
+    made_by = meta.get("config", {}).get("optimizer") if isinstance(meta.get("config"), dict) else None
+    if changed and made_by != cfg.optimizer:
+        return
+    fresh = dict(optimizer.defaults)
+    optimizer.load_state_dict(unflatten_optimizer(section("optimizer", tensors), meta["optimizer"]))
+    if changed:
+        for group in optimizer.param_groups:
+            group.update(fresh)
 
 
 def _finish(model: nn.Module, result: TrainResult, best_state: dict | None) -> TrainResult:

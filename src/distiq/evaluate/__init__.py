@@ -20,6 +20,7 @@ from .compare import (
     prediction_flips,
 )
 from .complexity import Complexity, count_macs, count_parameters, file_size, model_complexity, onnx_complexity
+from .fit import check_fits
 from .latency import LatencyResult, measure_latency
 from .metrics import METRICS, confusion_matrix, per_class_accuracy, per_class_f1
 from .robustness import CORRUPTIONS, RobustnessResult, corrupt, robustness
@@ -44,6 +45,7 @@ __all__ = [
     "Spread",
     "bootstrap_ci",
     "calibration_bins",
+    "check_fits",
     "compare",
     "compare_predictions",
     "confusion_matrix",

@@ -111,6 +111,19 @@ def _input_shape_of(session) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _first_run(session, feed: dict[str, np.ndarray], path: Path) -> None:
+    """Run once untimed, so a file made for other inputs than ``feed`` fails in one line naming it."""
+    try:
+        session.run(None, feed)
+    except Exception as e:  # ORT's own exception types
+        meta = session.get_inputs()[0]
+        got = list(next(iter(feed.values())).shape[1:])
+        raise DataError(
+            f"{path}: ONNX Runtime cannot run it on inputs {got} (the file expects {meta.type} "
+            f"{meta.shape}): {' '.join(str(e).split())}"
+        ) from None
+
+
 def measure_latency(
     model: nn.Module | str | os.PathLike[str],
     input_shape: Sequence[int] | None = None,
@@ -145,6 +158,7 @@ def measure_latency(
         results = []
         for bs in batch_sizes:
             feed = {name: rng.random((bs, *shape), dtype=np.float32)}
+            _first_run(session, feed, path)
             for _ in range(warmup):
                 session.run(None, feed)
             times = np.empty(runs)

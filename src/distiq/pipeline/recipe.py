@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distiq.distill.logits import LOGIT_LOSSES
 from distiq.errors import DistiqError, validation_message
@@ -172,7 +180,7 @@ class BudgetSpec(Strict):
 class Recipe(Strict):
     """A whole run. Stages left out (``null``) are skipped; ``teacher`` and ``data`` are required."""
 
-    name: str = "run"
+    name: str = Field("run", description="The run's folder under runs/ (a relative path, no '..').")
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherSpec
@@ -182,14 +190,26 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     budget: BudgetSpec | None = None
     report: bool = True
+    _source: str = PrivateAttr("recipe")  # the file it came from, for the messages of later checks
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_runs(cls, name: str) -> str:
+        """``runs/<name>`` must be inside ``runs``: an absolute name or one with ``..`` would write
+        wherever it points."""
+        path = Path(name)
+        if not name.strip() or path.is_absolute() or ".." in path.parts or name[0] == "~" or "\0" in name:
+            raise ValueError("expected a folder name inside runs/ (relative, without '..')")
+        return name
 
 
 def load_recipe(recipe: str | os.PathLike[str] | dict | Recipe) -> Recipe:
     """Validate a recipe given as a YAML path, a dict or a :class:`Recipe`.
 
     Raises:
-        DistiqError: The file is missing or not YAML, or a key is unknown, mistyped or missing; the
-            message names the file and each key's path.
+        DistiqError: The file is missing or not YAML, a key is unknown, mistyped or missing, or a name
+            (model, loss, calibrator, feature spec, search list) is unknown; the message names the
+            file and each key's path.
     """
     if isinstance(recipe, Recipe):
         return recipe
@@ -198,6 +218,11 @@ def load_recipe(recipe: str | os.PathLike[str] | dict | Recipe) -> Recipe:
         source = str(recipe)
         recipe = read_yaml_mapping(recipe, "recipe")
     try:
-        return Recipe.model_validate(recipe)
+        loaded = Recipe.model_validate(recipe)
     except ValidationError as e:
         raise DistiqError(validation_message(e, source)) from None
+    from .validate import check_names  # validate builds on this module's specs
+
+    loaded._source = source
+    check_names(loaded, source)  # layers are checked against the built models once the data is loaded
+    return loaded

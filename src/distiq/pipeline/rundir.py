@@ -1,9 +1,13 @@
 """The run directory: one folder per run, one sub-folder per stage, ``run.json`` describing it all.
 
 A stage is skipped on a later call when its ``stage.json`` records the same input key (a hash of the
-stage's recipe section, the data section and the previous stage's key) and its artifacts still
-exist, so an interrupted run resumes at the stage it was in, and editing one stage's options reruns
-that stage and everything after it.
+stage's recipe section, the data section, the *contents* of the files they name, and the previous
+stage's key) and its artifacts still exist, so an interrupted run resumes at the stage it was in,
+editing one stage's options reruns that stage and everything after it, and so does replacing a
+teacher's weights file or the data at the same path.
+
+The pipeline owns the files it writes here; a file of the user's own (``--out .`` beside their
+``recipe.yaml``) is never overwritten: the run's recipe is ``run-recipe.yaml``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import BaseModel
+
+from distiq.fingerprint import path_sha256
 from distiq.io import write_bytes_atomic, write_json_atomic
+
+RECIPE_FILE = "run-recipe.yaml"
+LEGACY_RECIPE_FILE = "recipe.yaml"  # what distiq wrote before; still written where it is distiq's
+_WRITTEN_BY = "# written by distiq run: the validated recipe of this run (also in run-recipe.yaml)\n"
 
 
 @dataclass
@@ -40,12 +52,48 @@ class StageRecord:
         return asdict(self)
 
 
-def stage_key(kind: str, spec: Any, previous: str, data: Any) -> str:
-    """A short hash of everything a stage's output depends on."""
-    blob = json.dumps(
-        {"kind": kind, "spec": spec, "previous": previous, "data": data}, sort_keys=True, default=str
-    )
+def stage_key(kind: str, spec: Any, previous: str, data: Any, files: dict[str, str] | None = None) -> str:
+    """A short hash of everything a stage's output depends on.
+
+    Args:
+        files: Content hashes of the files the stage reads, by path (:func:`spec_files`); without
+            them a weights file replaced at the same path would be taken for the old one.
+    """
+    inputs = {"kind": kind, "spec": spec, "previous": previous, "data": data}
+    if files:  # absent, not empty, when there are none: keys of runs without files stay as they were
+        inputs["files"] = files
+    blob = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def spec_files(spec: BaseModel) -> dict[str, str]:
+    """The sha256 of every file a stage's spec names (its ``Path`` fields, nested ones too)."""
+    found: dict[str, str] = {}
+    for name in type(spec).model_fields:
+        value = getattr(spec, name)
+        if isinstance(value, Path):
+            found[str(value)] = path_sha256(value)
+        elif isinstance(value, BaseModel):
+            found |= spec_files(value)
+    return found
+
+
+def write_recipe(run_dir: Path, recipe: dict) -> None:
+    """The run's validated recipe as ``run-recipe.yaml``, and as ``recipe.yaml`` where that name is
+    free or holds distiq's own copy: a user's file of that name stays as it is."""
+    text = yaml.safe_dump(recipe)
+    write_bytes_atomic(run_dir / RECIPE_FILE, text.encode())
+    legacy = run_dir / LEGACY_RECIPE_FILE
+    if not legacy.exists() or _written_by_distiq(legacy):
+        write_bytes_atomic(legacy, (_WRITTEN_BY + text).encode())
+
+
+def _written_by_distiq(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_WRITTEN_BY.encode())) == _WRITTEN_BY.encode()
+    except OSError:
+        return False
 
 
 def load_stage(run_dir: Path, stage_dir: str, key: str) -> StageRecord | None:
@@ -54,12 +102,26 @@ def load_stage(run_dir: Path, stage_dir: str, key: str) -> StageRecord | None:
     if not path.is_file():
         return None
     try:
-        record = StageRecord(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
+        record = StageRecord(**json.loads(path.read_bytes()))
+    except (OSError, ValueError, TypeError):
         return None  # an unreadable record means "not done": the stage runs again
-    if record.key != key or not all((run_dir / a).exists() for a in record.artifacts.values()):
+    if not _well_formed(record) or record.key != key:
+        return None
+    if not all((run_dir / a).exists() for a in record.artifacts.values()):
         return None
     return record
+
+
+def _well_formed(record: StageRecord) -> bool:
+    """Whether a record read back has the types the runner relies on (else: "not done")."""
+    mappings = (record.metrics, record.quant, record.extra, record.artifacts)
+    return (
+        isinstance(record.key, str)
+        and all(isinstance(m, dict) for m in mappings)
+        and all(isinstance(a, str) for a in record.artifacts.values())
+        and isinstance(record.history, list)
+        and "onnx" in record.artifacts
+    )
 
 
 def claim_stage_dir(stage_dir: Path, key: str) -> None:
@@ -70,7 +132,7 @@ def claim_stage_dir(stage_dir: Path, key: str) -> None:
     pruned to other shapes) is never resumed.
     """
     marker = stage_dir / "key.txt"
-    if stage_dir.exists() and (not marker.is_file() or marker.read_text().strip() != key):
+    if stage_dir.exists() and (not marker.is_file() or marker.read_bytes().strip() != key.encode()):
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(marker, key.encode())

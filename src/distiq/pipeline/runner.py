@@ -9,21 +9,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from torch import nn
 
 from distiq import data as dqdata
 from distiq.errors import DataError
-from distiq.io import write_bytes_atomic, write_json_atomic
+from distiq.fingerprint import data_fingerprint
+from distiq.io import write_json_atomic
+from distiq.lock import hold_folder
 from distiq.quant.target import cpu_info
 
 from .compress import run_prune, run_quantize
 from .measure import logits_of, measure
 from .recipe import Recipe, load_recipe
-from .rundir import StageRecord, claim_stage_dir, load_stage, now, save_stage, stage_key, versions
+from .rundir import (
+    StageRecord,
+    claim_stage_dir,
+    load_stage,
+    now,
+    save_stage,
+    spec_files,
+    stage_key,
+    versions,
+    write_recipe,
+)
 from .search import run_search
-from .stages import RunState, StageOutput, reload_output, run_distill, run_teacher
+from .stages import RunState, StageOutput, recipe_code, reload_output, run_distill, run_teacher
+from .validate import check_recipe
 
 console = Console(stderr=True)
 
@@ -73,6 +85,15 @@ def load_data(recipe: Recipe, notes: list[str]) -> tuple[str, dqdata.ArrayDatase
     return name, train, val, test
 
 
+def data_contents(recipe: Recipe, dataset: str) -> dict:
+    """What the data section alone does not say about the data a run used: the sha256 of a user's
+    file or folder, or the dataset used instead of a missing one (``data.fallback``). Empty for a
+    dataset used by name, so such runs keep the keys they had."""
+    found = data_fingerprint(dataset, recipe.data.root)
+    extra = {"sha256": found["sha256"]} if "sha256" in found else {}
+    return extra | ({"used": dataset} if dataset != recipe.data.name else {})
+
+
 def plan(recipe: Recipe) -> list[tuple[str, object, StageFn]]:
     """The stages the recipe asks for, in order."""
     stages: list[tuple[str, object, StageFn]] = [("teacher", recipe.teacher, run_teacher)]
@@ -92,16 +113,29 @@ def run(
 ) -> RunResult:
     """Run ``recipe`` into ``run_dir`` (default ``runs/<name>``); finished stages are reused.
 
+    A stage is reused when its inputs are unchanged: its recipe section, the data (a file's or
+    folder's contents included), the contents of the files it names (``teacher.weights``) and the
+    stages before it. One run at a time writes a folder.
+
     Returns:
         The run directory and one :class:`StageRecord` per stage (metrics on the test split).
+
+    Raises:
+        DistiqError: Among others, another process is running into ``run_dir`` (its pid is named).
     """
     recipe = load_recipe(recipe)
     run_dir = Path(run_dir or Path("runs") / recipe.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_folder(run_dir):
+        return _run_stages(recipe, run_dir)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
+    """The stages of ``recipe`` into ``run_dir``, whose lock the caller holds."""
     notes: list[str] = []
     dataset, train, val, test = load_data(recipe, notes)
+    check_recipe(recipe, train)  # every name and layer, before any stage writes or trains
     state = RunState(recipe, run_dir, dataset, train, val, test, notes=notes)
-    write_bytes_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json")).encode())
+    write_recipe(run_dir, recipe.model_dump(mode="json"))
     info = {
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
@@ -113,17 +147,18 @@ def run(
         "notes": notes,
         "stages": [],
     }
-    data_key = recipe.data.model_dump(mode="json") | {"seed": recipe.seed}
+    data_key = recipe.data.model_dump(mode="json") | {"seed": recipe.seed} | data_contents(recipe, dataset)
     eval_key = recipe.evaluate.model_dump(mode="json")
     previous, records, teacher_pred = "", [], None
     for index, (kind, spec, fn) in enumerate(plan(recipe)):
-        key = stage_key(kind, spec.model_dump(mode="json"), previous, data_key)
+        key = stage_key(kind, spec.model_dump(mode="json"), previous, data_key, spec_files(spec))
         stage_dir = f"stages/{index:02d}-{kind}"
         record = load_stage(run_dir, stage_dir, key)
         if record is not None:
             console.print(f"[dim]{kind}: inputs unchanged, reusing {stage_dir}")
             record.skipped = True
-            model, onnx = reload_output(record.artifacts, run_dir), run_dir / record.artifacts["onnx"]
+            model = reload_output(record.artifacts, run_dir, recipe_code(recipe))
+            onnx = run_dir / record.artifacts["onnx"]
         else:
             console.print(f"[bold]{kind}[/bold] -> {stage_dir}")
             claim_stage_dir(run_dir / stage_dir, key)
@@ -187,4 +222,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise DataError(f"{path}: not a distiq run directory (run.json missing)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable as a run record ({e})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: not readable as a run record (not a JSON object)")
+    return info

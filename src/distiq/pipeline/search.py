@@ -70,6 +70,11 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
     grid = list(itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback))
     if not grid:  # the recipe schema refuses empty lists; a hand-built spec must fail here, not at max([])
         raise DistiqError("budget.search: methods, bits, per_channel and float_fallback each need a value")
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in space.float_fallback):
+        # ranking[:-1] would keep every layer but one in float: refuse what the schema refuses
+        raise DistiqError(
+            f"budget.search.float_fallback: expected layer counts >= 0, got {space.float_fallback}"
+        )
     seed = state.recipe.seed
     reference = float((onnx_logits(state.teacher_onnx, state.val).argmax(1) == state.val.y).double().mean())
     floor = threshold(budget, reference)

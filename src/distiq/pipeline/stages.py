@@ -81,10 +81,17 @@ def _finish(model: nn.Module, result: TrainResult | None, state: RunState, stage
     return StageOutput(model, onnx, {"weights": weights, "onnx": onnx}, history)
 
 
+def recipe_code(recipe: Recipe) -> list[str]:
+    """The ``package.module:factory`` models a recipe names: the recipe is the user's code (like a
+    Makefile), so the weights files of its run may name these, and only these."""
+    names = [recipe.teacher.model, recipe.distill.student if recipe.distill else ""]
+    return [name for name in names if ":" in name]
+
+
 def run_teacher(spec: TeacherSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Load the teacher's weights, or train it."""
     if spec.weights is not None:
-        return _finish(load_model(spec.weights), None, state, stage_dir)
+        return _finish(load_model(spec.weights, allow_code=recipe_code(state.recipe)), None, state, stage_dir)
     torch.manual_seed(state.recipe.seed)
     model = create(spec.model, **state.shape, **spec.model_options)
     result = train(model, state.train, state.val, **train_options(spec.train, stage_dir, state.recipe.seed))
@@ -114,8 +121,13 @@ def run_distill(spec: DistillSpec, state: RunState, stage_dir: Path) -> StageOut
     return _finish(student, result, state, stage_dir)
 
 
-def reload_output(artifacts: dict[str, str], run_dir: Path) -> nn.Module | Path:
-    """What a skipped stage produced: its module (pruned shapes included), or its int8 ONNX file."""
+def reload_output(
+    artifacts: dict[str, str], run_dir: Path, allow_code: list[str] | None = None
+) -> nn.Module | Path:
+    """What a skipped stage produced: its module (pruned shapes included), or its int8 ONNX file.
+
+    ``allow_code``: the user factories the stage's weights may name (:func:`recipe_code`).
+    """
     if "weights" not in artifacts:
         return run_dir / artifacts["onnx"]
-    return load_pruned(run_dir / artifacts["weights"])
+    return load_pruned(run_dir / artifacts["weights"], allow_code=allow_code or ())

@@ -40,7 +40,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from distiq.engine.weights import check_finite
 from distiq.errors import DataError, DistiqError
 from distiq.io import write_bytes_atomic
 from distiq.models import create_from_config
@@ -240,7 +241,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict, S
 def _peek_name(body: bytes) -> str:
     try:
         (n,) = struct.unpack_from("<H", body, 0)
-        return body[2 : 2 + n].decode()
+        return repr(body[2 : 2 + n].decode())  # quoted: a damaged name must not break the one line
     except (struct.error, UnicodeDecodeError):
         return "name unreadable"
 
@@ -257,10 +258,11 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     so a structurally pruned model loads into ``dq.models.create(...)``; masks, if attached, are folded.
 
     Raises:
-        DataError: a damaged file (see :func:`read`).
+        DataError: a damaged file (see :func:`read`), or a tensor with NaN/inf values.
         DistiqError: tensors that do not fit the model (names and shapes listed).
     """
     tensors, _, _ = read(path)
+    check_finite(tensors, path)  # read keeps NaN bit-exact; a model must not silently run on it
     if masked_layers(model):
         fold_masks_(model)
     shapes = {k: list(v.shape) for k, v in tensors.items()}
@@ -281,9 +283,13 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the model from the config stored in the file, then :func:`load` its weights."""
+def load_model(path: str | os.PathLike[str], *, allow_code: str | Iterable[str] = ()) -> nn.Module:
+    """Rebuild the model from the config stored in the file, then :func:`load` its weights.
+
+    ``allow_code``: the ``"package.module:factory"`` references the file may name (see
+    :func:`distiq.models.create_from_config`); any other is refused before anything is imported.
+    """
     _, meta, _ = read(path)
-    if "config" not in meta:
+    if not isinstance(meta, dict) or "config" not in meta:
         raise DistiqError(f"{path}: no model config in the file; create the model and use load(model, path)")
-    return load(create_from_config(meta["config"]), path)
+    return load(create_from_config(meta["config"], allow_code=allow_code, source=str(path)), path)

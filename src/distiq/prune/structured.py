@@ -192,9 +192,18 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return save_weights(model, path, metadata={"pruned_shapes": layer_shapes(model)})
 
 
-def load_pruned(path: str | os.PathLike[str], example_input: torch.Tensor | None = None) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned` (or any distiq weights file) and load its weights."""
+def load_pruned(
+    path: str | os.PathLike[str],
+    example_input: torch.Tensor | None = None,
+    *,
+    allow_code: str | Iterable[str] = (),
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned` (or any distiq weights file) and load its weights.
+
+    ``allow_code``: the ``"package.module:factory"`` references the file may name (see
+    :func:`distiq.models.create_from_config`); any other is refused before anything is imported.
+    """
     tensors, _ = read_safetensors(path)
-    model = create_from_config(read_config(path))
+    model = create_from_config(read_config(path), allow_code=allow_code, source=str(path))
     resize_to_shapes_(model, {k: list(v.shape) for k, v in tensors.items()}, example_input)
     return load_weights(model, path)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.engine.batches import predict_logits
+from distiq.errors import DataError
 
 from .target import TARGETS, cpu_info
 
@@ -153,6 +154,18 @@ def _why_float(node: onnx.NodeProto, producers: dict, consumers: dict, inits: di
     return layer, ""
 
 
+def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The ONNX model at ``path`` (external data not loaded); a missing or corrupt file is a
+    :class:`~distiq.errors.DataError` naming it, not a protobuf traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: ONNX file not found")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, onnx's own errors
+        raise DataError(f"{path}: not a readable ONNX file ({' '.join(str(e).split())})") from None
+
+
 def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
     """The compute nodes of an ONNX file and the kernels ONNX Runtime's CPU provider will use.
 
@@ -161,7 +174,7 @@ def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
     """
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
+    model = read_onnx(path)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -173,7 +186,10 @@ def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for bad files
+            raise DataError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(e).split())})") from None
         optimized = onnx.load(options.optimized_model_filepath)
     result = []
     dynamic = {n.output[0] for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger")}
@@ -279,8 +295,17 @@ def compare_latency(
 def onnx_outputs(path: str | os.PathLike[str], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """First output of an ONNX file run by ORT's CPU provider on ``x``, in batches."""
     session = _session(path, threads=0)
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[i : i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+    first = session.get_inputs()[0]
+    try:
+        outs = [
+            session.run(None, {first.name: x[i : i + batch_size].numpy()})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+    except Exception as e:  # ORT's own types: a file made for other inputs (shape, type) than the data
+        raise DataError(
+            f"{path}: ONNX Runtime cannot run it on inputs {list(x.shape[1:])} (the file expects "
+            f"{first.type} {first.shape}): {' '.join(str(e).split())}"
+        ) from None
     return torch.from_numpy(np.concatenate(outs))
 
 
@@ -288,7 +313,7 @@ def file_target(path: str | os.PathLike[str]) -> str | None:
     """The CPU target a distiq int8 file was made for (``None`` for other files)."""
     from .export import TARGET_KEY
 
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    props = {p.key: p.value for p in read_onnx(path).metadata_props}
     return props.get(TARGET_KEY)
 
 

@@ -1,0 +1,254 @@
+"""Check every name a recipe uses before any stage runs.
+
+Why a pass of its own: the schema (:mod:`.recipe`) checks types and ranges, but a layer name can only
+be checked against a built model, and a model can only be built once the data's shape and class count
+are known. Without this pass a misspelt freeze layer, skip layer or feature layer surfaced only when
+its stage started, after the teacher (and sometimes the student) had trained for minutes. Building the
+models is cheap next to training them; one forward pass of two samples checks that they take the data.
+
+Two entry points: :func:`check_names` needs no data (registry lookups, the feature specs' keys) and
+runs when a recipe loads; :func:`check_recipe` adds the checks against the built teacher and student
+and runs right after the run's data is loaded. Every problem found is reported, each as
+``field: what is wrong``, joined into the one line a :class:`~distiq.errors.DistiqError` carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distiq.distill.logits import make_logit_loss
+from distiq.distill.objective import DistillObjective, FeatureSpec
+from distiq.distill.schemes import freeze_
+from distiq.engine.weights import load_model
+from distiq.errors import DistiqError
+from distiq.models import MODELS, create
+from distiq.prune.structured import IMPORTANCES
+from distiq.quant.observers import OBSERVERS
+
+from .stages import recipe_code
+
+if TYPE_CHECKING:
+    from distiq.data.arrays import ArrayDataset
+
+    from .recipe import DistillSpec, Recipe
+
+FEATURE_KEYS = tuple(f.name for f in dataclasses.fields(FeatureSpec))
+
+
+def check_names(recipe: Recipe, source: str | None = None) -> None:
+    """Check the names a recipe uses that need no data: models, losses, calibrators, importances,
+    feature specs and search lists.
+
+    Raises:
+        DistiqError: One line, ``source: field: problem; field: problem``.
+    """
+    _raise(recipe, source, name_problems(recipe))
+
+
+def check_recipe(recipe: Recipe, train: ArrayDataset, source: str | None = None) -> None:
+    """:func:`check_names`, then every layer name against the models built for ``train``'s shape.
+
+    The global torch RNG is restored afterwards, so building models here changes no run's weights.
+
+    Raises:
+        DistiqError: One line naming each bad field and what was expected.
+    """
+    problems = name_problems(recipe)
+    if not problems:
+        with torch.random.fork_rng(devices=[]):
+            problems = model_problems(recipe, train)
+    _raise(recipe, source, problems)
+
+
+def _raise(recipe: Recipe, source: str | None, problems: list[str]) -> None:
+    """One error for every problem, prefixed by ``source`` (default: the file the recipe came from)."""
+    if problems:
+        source = source or getattr(recipe, "_source", None) or "recipe"
+        raise DistiqError(f"{source}: " + "; ".join(problems))
+
+
+def _attempt(problems: list[str], field: str, check: Callable[[], Any]) -> Any:
+    """``check()``, or ``None`` with ``field: message`` added to ``problems`` when it refuses.
+
+    ``TypeError`` counts as a refusal: it is what a factory raises for an option of the wrong type.
+    """
+    try:
+        return check()
+    except (ValueError, TypeError) as e:  # DistiqError is a ValueError
+        message = _first_line(e)
+        key = field.rsplit(".", 1)[-1].split("[")[0]
+        message = message.removeprefix(f"{key}: ")  # "distill.freeze: freeze: ..." reads as a stutter
+        problems.append(f"{field}: {message}")
+        return None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0]
+
+
+def name_problems(recipe: Recipe) -> list[str]:
+    """Problems with the recipe's names, found without data (see :func:`check_names`)."""
+    problems: list[str] = []
+    if recipe.teacher.weights is None:
+        _registered_model(problems, "teacher.model", recipe.teacher.model)
+    if recipe.distill is not None:
+        _distill_names(problems, recipe.distill)
+    if recipe.prune is not None and recipe.prune.structured:
+        _attempt(problems, "prune.importance", lambda: IMPORTANCES.get(recipe.prune.importance))
+    if recipe.quantize is not None:
+        _attempt(problems, "quantize.method", lambda: OBSERVERS.get(recipe.quantize.method))
+    if recipe.budget is not None:
+        _search_names(problems, recipe.budget.search)
+    return problems
+
+
+def _registered_model(problems: list[str], field: str, name: object) -> None:
+    if not isinstance(name, str) or ":" not in name:  # "package.module:factory" is checked when built
+        _attempt(problems, field, lambda: MODELS.get(name))
+
+
+def _distill_names(problems: list[str], spec: DistillSpec) -> None:
+    _registered_model(problems, "distill.student", spec.student)
+    options = {"temperature": spec.temperature, **spec.loss_options}
+    _attempt(problems, "distill.loss", lambda: make_logit_loss(spec.loss, **options))
+    for i, feature in enumerate(spec.features):
+        _attempt(problems, f"distill.features[{i}]", lambda f=feature: feature_spec(f))
+    if spec.features and spec.offline:
+        problems.append(
+            "distill.offline: feature terms need the teacher online (offline caches logits only); "
+            "set distill.offline: false"
+        )
+
+
+def feature_spec(entry: object) -> FeatureSpec:
+    """A ``distill.features`` entry as a :class:`FeatureSpec`, refusing unknown or missing keys and
+    layer names that are not strings (``FeatureSpec(**entry)`` would raise a bare ``TypeError``)."""
+    if not isinstance(entry, dict):
+        raise DistiqError(f"expected a mapping with keys {', '.join(FEATURE_KEYS)}, got {entry!r}")
+    unknown = sorted(set(map(str, entry)) - set(FEATURE_KEYS))
+    missing = [k for k in ("kind", "student", "teacher") if k not in entry]
+    if unknown or missing:
+        what = [f"unknown key(s) {', '.join(unknown)}"] * bool(unknown)
+        what += [f"missing key(s) {', '.join(missing)}"] * bool(missing)
+        raise DistiqError(f"{' and '.join(what)}; keys: {', '.join(FEATURE_KEYS)}")
+    teachers = entry["teacher"] if isinstance(entry["teacher"], list) else [entry["teacher"]]
+    if not isinstance(entry["student"], str) or not teachers or not all(isinstance(t, str) for t in teachers):
+        raise DistiqError("student and teacher must be layer paths (teacher: a list of them for merge)")
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise DistiqError(f"weight must be a number >= 0, got {weight!r}")
+    return FeatureSpec(**entry)
+
+
+def _search_names(problems: list[str], space: Any) -> None:
+    """The search lists: each non-empty, each calibrator known, each fallback count a whole number >= 0
+    (a negative count would slice the sensitivity ranking from the end: all layers but one float)."""
+    for key in ("methods", "bits", "per_channel", "float_fallback"):
+        if not getattr(space, key):
+            problems.append(f"budget.search.{key}: needs at least one value")
+    for i, method in enumerate(space.methods):
+        _attempt(problems, f"budget.search.methods[{i}]", lambda m=method: OBSERVERS.get(m))
+    for i, count in enumerate(space.float_fallback):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            problems.append(f"budget.search.float_fallback[{i}]: expected a layer count >= 0, got {count!r}")
+
+
+def model_problems(recipe: Recipe, train: ArrayDataset) -> list[str]:
+    """Problems found by building the recipe's models for ``train`` (see :func:`check_recipe`)."""
+    problems: list[str] = []
+    c, h, _ = train.input_shape
+    shape = {"num_classes": train.num_classes, "in_channels": c, "image_size": h}
+    example = train.x[:2]
+    teacher_field = "teacher.weights" if recipe.teacher.weights is not None else "teacher.model"
+    n = train.num_classes
+    teacher = _attempt(problems, teacher_field, lambda: _takes_data(_teacher(recipe, shape), example, n))
+    student = None
+    if recipe.distill is not None:
+        spec = recipe.distill
+        built = lambda: create(spec.student, **shape, **spec.student_options)  # noqa: E731
+        student = _attempt(problems, "distill.student", lambda: _takes_data(built(), example, n))
+        if teacher is not None and student is not None:
+            _distill_layers(problems, spec, teacher, student, example)
+    quantized = student if recipe.distill is not None else teacher  # what the quantize stage receives
+    if recipe.quantize is not None and quantized is not None:
+        for i, path in enumerate(recipe.quantize.skip):
+            _layer(problems, f"quantize.skip[{i}]", quantized, path)
+    return problems
+
+
+def _teacher(recipe: Recipe, shape: dict) -> nn.Module:
+    spec = recipe.teacher
+    if spec.weights is not None:
+        return load_model(spec.weights, allow_code=recipe_code(recipe))  # as the teacher stage loads it
+    return create(spec.model, **shape, **spec.model_options)
+
+
+def _takes_data(model: nn.Module, example: torch.Tensor, num_classes: int) -> nn.Module:
+    """``model``, once one eval-mode forward pass of two samples showed it takes the data and gives one
+    logit per class (the layer checks after this one run the model too)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except RuntimeError as e:
+        raise DistiqError(
+            f"{_model_name(model)} does not take inputs of shape {list(example.shape[1:])}: {_first_line(e)}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DistiqError(
+            f"{_model_name(model)} gives outputs {got}, the data has {num_classes} classes "
+            f"(expected [batch, {num_classes}])"
+        )
+    return model
+
+
+def _distill_layers(
+    problems: list[str], spec: DistillSpec, teacher: nn.Module, student: nn.Module, example: torch.Tensor
+) -> None:
+    """Feature layers against both models, then the terms built from their shapes; freeze patterns."""
+    before = len(problems)
+    specs = []
+    for i, entry in enumerate(spec.features):
+        feature = feature_spec(entry)  # checked by name_problems already
+        _layer(problems, f"distill.features[{i}].student", student, feature.student)
+        for j, path in enumerate(feature.teacher_layers):
+            suffix = f"[{j}]" if feature.kind == "merge" else ""
+            _layer(problems, f"distill.features[{i}].teacher{suffix}", teacher, path)
+        specs.append(feature)
+    if specs and len(problems) == before:  # every layer exists: the terms must fit their shapes
+        loss = make_logit_loss(spec.loss, temperature=spec.temperature, **spec.loss_options)
+        _attempt(
+            problems,
+            "distill.features",
+            lambda: DistillObjective(student, teacher, loss, spec.alpha, specs, example).teardown(),
+        )
+    if spec.freeze:
+        _attempt(problems, "distill.freeze", lambda: freeze_(student, spec.freeze))
+
+
+def _layer(problems: list[str], field: str, model: nn.Module, path: str) -> None:
+    """Add ``field: no layer 'path' in model; close: ...`` unless ``path`` is one of its modules."""
+    names = [n for n, _ in model.named_modules() if n]
+    if path in names:
+        return
+    close = difflib.get_close_matches(path, names, n=4, cutoff=0.5) or names[:4]
+    more = " ..." if len(names) > len(close) else ""
+    problems.append(
+        f"{field}: no layer {path!r} in {_model_name(model)}; "
+        f"{'close: ' if close else ''}{', '.join(close) or 'it has no layers'}{more}"
+    )
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(config["name"]) if isinstance(config, dict) and "name" in config else type(model).__name__
