@@ -4,6 +4,7 @@ agree with the simulated model; dynamic and float exports; atomic writes."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from onnx import numpy_helper
 
 import distiq as dq
 from distiq.errors import DistiqError
-from distiq.quant import export_onnx, kernels, quantize
+from distiq.quant import DeploymentWarning, deploy_check, export_onnx, kernels, quantize
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +48,7 @@ def _run(path, x: torch.Tensor) -> np.ndarray:
 @pytest.fixture(scope="module")
 def static(digits, tmp_path_factory):
     model = _trained("vgg-small", digits)
-    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax")
+    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax", thin_conv_channels=0)
     out = tmp_path_factory.mktemp("static")
     example = digits[0].x[:1]  # batch 1: the batch dimension must stay dynamic anyway
     return (
@@ -82,6 +83,28 @@ def test_ort_runs_integer_kernels(static):
     assert {k.runtime_op for k in found} == {"QLinearConv", "QGemm"}
     before = kernels(static[2])
     assert all(k.kernel == "float" and "weights are float" in k.reason for k in before)
+
+
+def test_thin_first_conv_stays_float_on_purpose_and_the_check_does_not_flag_it(static, digits, tmp_path):
+    """A 1-channel first conv is slower in ORT's int8 than in float (bench/quant_fashion_mnist.py):
+    by default it stays float, named as a choice, and the deployability check does not warn about it."""
+    model, _, float_path, _ = static
+    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax")
+    (entry,) = q.quant_report.float_layers
+    assert entry["layer"] == "features.conv1" and entry["chosen"] and "1 input channel" in entry["reason"]
+    path = export_onnx(q, tmp_path / "int8.onnx", digits[0].x[:1])
+    found = {k.layer: k for k in kernels(path)}
+    assert found.pop("features.conv1").kernel == "float"
+    assert all(k.kernel == "integer" for k in found.values()), found
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = deploy_check(float_path, path, data=digits[1], simulated=q, batch_sizes=())
+    assert not [w for w in caught if issubclass(w.category, DeploymentWarning)]
+    (conv1,) = [k for k in report.after if k.layer == "features.conv1"]
+    assert conv1.reason.startswith("kept in float: 1 input channel")
+    assert report.agreement >= 0.99
+    blind = deploy_check(float_path, path, batch_sizes=(), warn=False)  # no model: it cannot know why
+    assert [w for w in blind.warnings if w.startswith("features.conv1 (Conv) runs a float kernel")]
 
 
 def test_simulation_and_ort_agree(static, digits):
@@ -139,7 +162,9 @@ def test_failed_export_leaves_the_old_file(digits, tmp_path):
 
 def test_residual_network_runs_integer_adds(digits, tmp_path):
     model = _trained("resnet8", digits, epochs=1, width=0.5)
-    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax", per_channel=False)
+    q = quantize(
+        model, dq.data.subsample(digits[0], 256), method="minmax", per_channel=False, thin_conv_channels=0
+    )
     path = export_onnx(q, tmp_path / "r8.onnx", digits[0].x[:2])
     assert all(k.kernel == "integer" for k in kernels(path))
     options = ort.SessionOptions()

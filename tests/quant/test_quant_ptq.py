@@ -59,20 +59,20 @@ def test_input_grid_is_minmax_over_streamed_batches():
     model = _model()
     calib = _calib(96)
     batches = (calib[i : i + 32] for i in range(0, 96, 32))  # a one-shot generator, streamed
-    q = quantize(model, batches, method="minmax")
+    q = quantize(model, batches, method="minmax", thin_conv_channels=0)
     obs = MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=255)
     obs(calib)
     scale, zp = obs.calculate_qparams()
     grid = q.features.conv1.input_quant
     assert torch.equal(grid.scale, scale.reshape(())) and int(grid.zero_point) == int(zp)
     assert q.quant_report.calibration_samples == 96
-    whole = quantize(model, calib, method="minmax")
+    whole = quantize(model, calib, method="minmax", thin_conv_channels=0)
     for (name, a), b in zip(q.named_buffers(), whole.buffers(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_placement_follows_the_dataflow():
-    q = quantize(_model(), _calib(), method="minmax")
+    q = quantize(_model(), _calib(), method="minmax", thin_conv_channels=0)
     f = q.features
     assert isinstance(f.conv1, QuantConv2d) and f.conv1.relu and isinstance(f.relu1, nn.Identity)
     assert isinstance(f.conv1.input_quant, ActQuant) and f.conv1.output_quant is not None
@@ -176,6 +176,7 @@ def test_skip_keeps_a_layer_float_and_the_original_is_untouched():
         ({"method": "entropyy"}, "entropyy"),
         ({"skip": ["features.conv9"]}, "features.conv9"),
         ({"epochs": 2}, "qat"),
+        ({"thin_conv_channels": -1}, "thin_conv_channels"),
     ],
 )
 def test_bad_options_raise_naming_them(options, needle):

@@ -42,7 +42,7 @@ def test_sqnr_by_hand():
 @pytest.mark.parametrize(("target", "edge"), [("x86-vnni", 127), ("x86-avx2", 64)])
 def test_layer_errors_against_pytorch_fake_quant(setup, target, edge):
     model, calib, _ = setup
-    qmodel = quantize(model, calib, method="minmax", target=target)
+    qmodel = quantize(model, calib, method="minmax", target=target, thin_conv_channels=0)
     rows = {r["layer"]: r for r in layer_errors(qmodel, model, calib)}
     assert list(rows) == [
         "features.conv1",
@@ -56,7 +56,7 @@ def test_layer_errors_against_pytorch_fake_quant(setup, target, edge):
     ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(16, dtype=torch.int32), 0, -edge, edge)
     assert rows["features.conv2"]["weight_sqnr_db"] == pytest.approx(sqnr_db(w, ref), rel=1e-4)
     assert rows["features.conv2"]["weight_mse"] == pytest.approx(float(((w - ref) ** 2).mean()), rel=1e-4)
-    four = quantize(model, calib, bits=4, weight_method="minmax")
+    four = quantize(model, calib, bits=4, weight_method="minmax", thin_conv_channels=0)
     low = {r["layer"]: r for r in layer_errors(four, model, calib)}
     for layer, row in rows.items():
         assert 25 < row["weight_sqnr_db"] and row["activation_sqnr_db"] > 10

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from distiq.errors import DistiqError
 
-from .ptq import QuantConfig, calibrate_, example_from, prepare
+from .ptq import THIN_CONV_CHANNELS, QuantConfig, calibrate_, example_from, prepare
 from .qat import qat_
 
 
@@ -37,6 +37,7 @@ def quantize(
     batch_size: int = 64,
     example_input: torch.Tensor | None = None,
     target: str = "auto",
+    thin_conv_channels: int = THIN_CONV_CHANNELS,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
     teacher: nn.Module | bool = True,
@@ -72,6 +73,9 @@ def quantize(
         target: The CPU whose int8 kernels the simulated model reproduces and the file is made for:
             "auto" (this machine, :func:`distiq.quant.cpu_target`) or a name such as "x86-avx2",
             "x86-vnni", "arm64-dotprod", "generic" (exact on every target).
+        thin_conv_channels: Static/qat: convs with at most this many input channels (a first conv on
+            grey or RGB images) stay float: ONNX Runtime runs them slower in int8 than in float
+            (0: quantize them too).
         train_data: QAT training data (default: ``calib_data``, which must then be labelled).
         val_data: QAT validation data.
         teacher: QAT distillation teacher: ``True`` for the float model, ``False`` for labels only,
@@ -97,6 +101,7 @@ def quantize(
         calib_batches=calib_batches,
         batch_size=batch_size,
         target=target,
+        thin_conv_channels=thin_conv_channels,
     )
     if train_options and mode != "qat":
         raise DistiqError(f"training option(s) {', '.join(sorted(train_options))} apply to mode='qat' only")

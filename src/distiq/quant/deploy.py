@@ -376,6 +376,14 @@ def _check_agreement(
         )
 
 
+def _chosen_float_layers(simulated: nn.Module | None) -> dict[str, str]:
+    """Layers the quantizer kept in float on purpose (``skip``, thin convs), with why: float kernels
+    there are the plan, not a deployment problem."""
+    report = getattr(simulated, "quant_report", None)
+    entries = report.float_layers if report is not None else []
+    return {e["layer"]: e["reason"] for e in entries if e.get("chosen")}
+
+
 def deploy_check(
     float_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
@@ -407,9 +415,12 @@ def deploy_check(
     _check_target(report)
     if data is not None:
         _check_agreement(report, float_path, int8_path, data, simulated)
-    floats = [n for n in report.after if n.kernel == "float"]
-    for n in floats:
-        report.warnings.append(f"{n.layer} ({n.op}) runs a float kernel: {n.reason}")
+    chosen = _chosen_float_layers(simulated)
+    for n in report.after:
+        if n.kernel == "float" and n.layer in chosen:
+            n.reason = f"kept in float: {chosen[n.layer]}"
+        elif n.kernel == "float":
+            report.warnings.append(f"{n.layer} ({n.op}) runs a float kernel: {n.reason}")
     if batch_sizes:
         timed = compare_latency(
             {"float": float_path, "int8": int8_path}, batch_sizes, threads=threads, repeats=repeats

@@ -56,6 +56,7 @@ from .trace import INPUT, Dataflow, Node, trace
 MODES = ("static", "dynamic", "weight-only", "qat")
 PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU)
 SKIPPED = "kept in float on request (skip)"
+THIN_CONV_CHANNELS = 4
 NO_OPS = (nn.Identity, nn.Dropout)  # vanish in eval mode and in the exported graph
 PRESERVING_FUNCTIONS = {
     "flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous", "__getitem__",
@@ -83,6 +84,10 @@ class QuantConfig:
         target: CPU whose integer kernels the simulation reproduces and the export is made for
             (:data:`~distiq.quant.target.TARGETS`); "auto" is this machine. On targets whose int8
             kernels saturate (x86 without VNNI) 8-bit weights use ``[-64, 64]``.
+        thin_conv_channels: In static and qat modes, convs with at most this many input channels (an
+            image model's first conv) stay in float (0: quantize them too). ONNX Runtime's integer conv
+            cannot fill its kernels from so few channels: on a 1-channel first conv it is several times
+            slower than the float conv (docs/quantization.md), so a file that quantizes it is slower.
     """
 
     mode: str = "static"
@@ -97,6 +102,7 @@ class QuantConfig:
     calib_batches: int | None = None
     batch_size: int = 64
     target: str = "auto"
+    thin_conv_channels: int = THIN_CONV_CHANNELS
 
     def __post_init__(self) -> None:
         resolve_target(self.target)  # an unknown name fails here, listing the known ones
@@ -110,6 +116,8 @@ class QuantConfig:
                 raise DistiqError(f"{name}: unknown calibrator {value!r}; known: {', '.join(OBSERVERS)}")
         if self.weight_method is None:
             self.weight_method = "minmax" if self.bits == 8 else "mse"
+        if self.thin_conv_channels < 0:
+            raise DistiqError(f"thin_conv_channels: expected 0 or more, got {self.thin_conv_channels}")
         if self.batch_size < 1 or (self.calib_batches is not None and self.calib_batches < 1):
             raise DistiqError("batch_size and calib_batches must be positive")
         self.skip = tuple(self.skip)
@@ -133,7 +141,8 @@ class QuantReport:
     Attributes:
         config: The options used.
         layers: Quantized layers: path, type, weight bits, per-channel, fused ReLU, input/output grid.
-        float_layers: Layers left in float, each with the reason.
+        float_layers: Layers left in float, each with the reason and ``chosen``: True when kept in float
+            on purpose (``skip``, thin convs), False when distiq cannot quantize it.
         fused: Fused groups (layer, folded BN, fused ReLU).
         activation_quantizers: Number of calibrated activation grids.
         calibration_seconds: Wall-clock time of the calibration pass.
@@ -208,6 +217,20 @@ def _float_reason(module: nn.Module, called: int, config: QuantConfig) -> str | 
     return f"{type(module).__name__} has no quantized implementation in distiq"
 
 
+def _chosen_float_reason(path: str, module: nn.Module, config: QuantConfig) -> str | None:
+    """Why a quantizable module stays in float by choice (not reported as a warning), or ``None``."""
+    if any(path == s or path.startswith(s + ".") for s in config.skip):
+        return SKIPPED
+    if not (config.quantizes_activations and isinstance(module, nn.Conv2d)):
+        return None
+    if module.in_channels > config.thin_conv_channels:
+        return None
+    return (
+        f"{module.in_channels} input channel(s): ONNX Runtime's integer conv is slower than its float "
+        f"conv on so few (thin_conv_channels={config.thin_conv_channels})"
+    )
+
+
 def _walk_back(
     graph: Dataflow, value: int, modules: dict[str, nn.Module], known: dict[str, ActQuant]
 ) -> tuple[ActQuant | None, list[Node]]:
@@ -280,9 +303,6 @@ def prepare(
     report.activation_quantizers = sum(
         1 for _, q in quantizers(qmodel) if isinstance(q, ActQuant) and not q._source and not q.dynamic
     )
-    for entry in report.float_layers:
-        if entry["reason"] != SKIPPED:
-            warnings.warn(f"quantize: {entry['layer']} stays in float: {entry['reason']}", stacklevel=3)
     qmodel.quant_report = report  # type: ignore[assignment]
     return qmodel, report
 
@@ -295,13 +315,16 @@ def _choose_layers(qmodel: nn.Module, graph: Dataflow, config: QuantConfig, repo
         calls = len(graph.modules.get(path, []))
         if type(module) in QUANTIZABLE and calls == 0:
             continue  # never called: its weights are used by a parent's forward (reported there)
-        reason = _float_reason(module, calls, config)
-        if reason is None and any(path == s or path.startswith(s + ".") for s in config.skip):
-            reason = SKIPPED
+        reason, chosen = _float_reason(module, calls, config), False
+        if reason is not None:
+            warnings.warn(f"quantize: {path} stays in float: {reason}", stacklevel=4)
+        else:
+            reason, chosen = _chosen_float_reason(path, module, config), True
         if reason is None:
             targets.append(path)
         else:
-            report.float_layers.append({"layer": path, "type": type(module).__name__, "reason": reason})
+            entry = {"layer": path, "type": type(module).__name__, "reason": reason, "chosen": chosen}
+            report.float_layers.append(entry)
     return targets
 
 
