@@ -7,12 +7,13 @@ from . import data, models, quant
 from .distill import functional as losses
 from .distill.api import distill
 from .distill.concept import distill_concepts
+from .engine.config import TrainSpec
 from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
 from .prune import prune, sparse
-from .quant import calibrate, export_onnx, quantize
+from .quant import QuantizeSpec, calibrate, export_onnx, quantize
 from .registry import Registry
 from .workflow import run
 
@@ -21,7 +22,9 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError",
     "DistiqError",
+    "QuantizeSpec",
     "Registry",
+    "TrainSpec",
     "calibrate",
     "export_onnx",
     "prune",

@@ -10,9 +10,9 @@ def test_calibration_spread_of_a_qat_stage_is_qat(tmp_path, monkeypatch):
     modes: list[str] = []
     real = compress.quantize
 
-    def recording(model, calib, **options):
-        modes.append(options.get("mode", "static"))
-        return real(model, calib, **options)
+    def recording(model, calib, spec, **options):
+        modes.append(spec.mode)
+        return real(model, calib, spec, **options)
 
     monkeypatch.setattr(compress, "quantize", recording)
     recipe = {

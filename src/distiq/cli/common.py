@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
-import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from distiq import data as dqdata
 from distiq.data.arrays import ArrayDataset
-from distiq.engine.config import TrainConfig
+from distiq.engine.config import ProgressOption, TrainSpec
 from distiq.engine.weights import save_weights
 from distiq.evaluate.api import evaluate
 from distiq.io import write_json_atomic
 
 console = Console(stderr=True)
-
-
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from a Google-style ``Attributes:`` docstring section."""
-    doc = (cls.__doc__ or "").split("Attributes:", 1)[-1]
-    found: dict[str, str] = {}
-    for m in re.finditer(r"^\s{4,8}(\w+): (.+?)(?=^\s{4,8}\w+: |\Z)", doc, re.S | re.M):
-        found[m.group(1)] = " ".join(m.group(2).split())
-    return found
 
 
 class DataOptions(BaseModel):
@@ -63,23 +51,13 @@ def allowed_code(opts: CodeOptions, *given: str | None) -> list[str]:
     return [*opts.model_code, *(g for g in given if g and ":" in g)]
 
 
-_docs = _attribute_docs(TrainConfig)
-_hints = typing.get_type_hints(TrainConfig)
-TrainingOptions = create_model(
-    "TrainingOptions",
-    __config__=ConfigDict(extra="forbid"),
-    **{
-        f.name: (_hints[f.name], Field(f.default, description=_docs.get(f.name, f.name)))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in ("checkpoint_dir", "log_path")
-    },
-)
+class TrainingOptions(TrainSpec, ProgressOption):
+    """The training commands' options: the engine's own declaration (:class:`TrainSpec`)."""
 
 
 def training_config(opts: BaseModel, out: Path) -> dict[str, Any]:
     """TrainConfig keyword options from command options, with checkpoints and log under ``out``."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = {k: v for k, v in opts.model_dump().items() if k in names}
+    kwargs = {k: v for k, v in opts.model_dump().items() if k in TrainingOptions.model_fields}
     kwargs.update(checkpoint_dir=str(out / "checkpoint"), log_path=str(out / "metrics.jsonl"))
     return kwargs
 

@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from distiq.distill.api import distill
+from distiq.distill.spec import DistillSpec
 from distiq.engine.config import TrainConfig
 from distiq.engine.weights import load_model
 from distiq.evaluate.api import evaluate
@@ -27,22 +28,11 @@ from .common import (
 from .rerun import RerunOptions, inputs_key, output_folder, rerun_mode, training_inputs
 
 
-class DistillOptions(DataOptions, TrainingOptions, CodeOptions, RerunOptions):  # type: ignore[misc, valid-type]
-    """Options of ``distiq distill``."""
+class DistillOptions(DistillSpec, DataOptions, TrainingOptions, CodeOptions, RerunOptions):
+    """Options of ``distiq distill``: the recipe's ``distill:`` section (:class:`DistillSpec`, training
+    options flat) plus the teacher file, data and output folder of one command."""
 
     teacher: Path = Field(description="Teacher weights (.safetensors written by distiq train).")
-    student: str = Field("mlp", description="Student: registered model name or package.module:factory.")
-    student_options: dict = Field(default_factory=dict, description="Keyword options of the student.")
-    loss: str = Field("kd", description="Logit loss: kd, mse, hard-kd, dkd.")
-    temperature: float = Field(4.0, gt=0, description="Softening temperature.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term (1-alpha: CE).")
-    loss_options: dict = Field(default_factory=dict, description="Extra options of the logit loss.")
-    features: list[dict] = Field(
-        default_factory=list, description="Feature terms: {kind, student, teacher, weight}."
-    )
-    offline: bool = Field(False, description="Cache the teacher's logits once and reuse them.")
-    freeze: list[str] = Field(default_factory=list, description="Student layers not to train.")
-    init_from_teacher: bool = Field(False, description="Copy matching teacher weights first.")
     out: Path = Field(
         Path("runs/distill"),
         description="Output folder. A rerun with the same options, data and teacher file contents "
@@ -76,7 +66,7 @@ def _distill(opts: DistillOptions) -> dict:
         loss_options=opts.loss_options,
         features=opts.features,
         offline=opts.offline,
-        cache_dir=opts.out / "teacher-cache" if opts.offline else None,
+        cache_dir=opts.out / "teacher-cache",
         freeze=opts.freeze or None,
         init_from_teacher=opts.init_from_teacher,
         inputs=inputs,

@@ -5,45 +5,32 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
 from distiq import data as dqdata
 from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
 from distiq.evaluate.fit import check_fits
 from distiq.io import write_json_atomic
+from distiq.pipeline.recipe import CalibrationSample
 from distiq.quant.api import quantize
 from distiq.quant.deploy import DeploymentWarning, deploy_check
 from distiq.quant.export import export_onnx
-from distiq.quant.ptq import MODES
 from distiq.quant.sensitivity import layer_errors, mixed_precision
+from distiq.quant.spec import QuantizeSpec
 
 from .common import CodeOptions, allowed_code, console, load_dataset
 
 
-class QuantizeOptions(CodeOptions):
-    """Options of ``distiq quantize``."""
+class QuantizeOptions(QuantizeSpec, CalibrationSample, CodeOptions):
+    """Options of ``distiq quantize``: the quantize spec and calibration sample of the recipe's
+    ``quantize:`` section (one declaration) plus the input model, data and output of one command."""
 
     model_config = ConfigDict(extra="forbid")
     model: Path = Field(description="Weights (.safetensors written by distiq train/distill).")
     data: str = Field("fashion-mnist", description="Dataset name, .npz file or image folder.")
     data_root: str | None = Field(None, description="Folder of the dataset's files.")
-    calib_samples: int = Field(512, ge=1, description="Calibration samples (stratified, train split).")
-    data_seed: int = Field(0, description="Seed of the calibration sample.")
-    mode: str = Field("static", description="static, dynamic, weight-only or qat.")
-    method: str = Field("kl", description="Activation calibrator: kl, minmax, percentile, mse, ema.")
-    bits: int = Field(8, ge=2, le=8, description="Weight bits.")
-    act_bits: int = Field(8, ge=2, le=8, description="Activation bits (ONNX export needs 8).")
-    per_channel: bool = Field(True, description="One weight scale per output channel.")
-    weight_method: str | None = Field(None, description="Weight calibrator (minmax at 8 bits, mse below).")
-    symmetric_activations: bool = Field(False, description="Signed activation grids (zero point 0).")
-    method_options: dict = Field(default_factory=dict, description="Options of the calibrator.")
-    skip: list[str] = Field(default_factory=list, description="Layers (module paths) to keep in float.")
-    target: str = Field(
-        "auto",
-        description="CPU the int8 file is made for: auto (this machine), x86-avx2, x86-avx512, x86-vnni, "
-        "x86-amx, arm64, arm64-dotprod or generic (exact on every CPU).",
-    )
+    data_seed: int = Field(0, description="Seed of the calibration sample and validation split.")
     budget: float | None = Field(
         None,
         ge=0,
@@ -53,20 +40,10 @@ class QuantizeOptions(CodeOptions):
     val_fraction: float = Field(
         0.1, gt=0, lt=1, description="Training data held out to tune --budget on (disjoint from calibration)."
     )
-    epochs: int = Field(2, ge=1, description="QAT epochs.")
-    lr: float = Field(1e-4, gt=0, description="QAT learning rate.")
     train_samples: int | None = Field(None, ge=1, description="QAT training samples (default: all).")
-    teacher: bool = Field(True, description="QAT distils from the float model.")
     check: bool = Field(True, description="Time int8 against float in ORT (kernels and agreement always).")
     threads: int = Field(2, ge=1, description="ORT threads for the latency check.")
     out: Path = Field(Path("runs/quantize"), description="Output folder (model.onnx, report.json).")
-
-    @field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in MODES:
-            raise ValueError(f"expected one of {', '.join(MODES)}")
-        return mode
 
 
 def run_quantize(opts: QuantizeOptions) -> dict:
@@ -80,31 +57,21 @@ def run_quantize(opts: QuantizeOptions) -> dict:
     check_fits(model, train, opts.model)
     fit, val = dqdata.split(train, opts.val_fraction, seed=opts.data_seed)
     calib = dqdata.subsample(fit, min(opts.calib_samples, len(fit)), seed=opts.data_seed)
-    options = dict(
-        mode=opts.mode,
-        method=opts.method,
-        bits=opts.bits,
-        act_bits=opts.act_bits,
-        per_channel=opts.per_channel,
-        weight_method=opts.weight_method,
-        symmetric_activations=opts.symmetric_activations,
-        method_options=opts.method_options,
-        skip=opts.skip,
-        target=opts.target,
-    )
+    spec = QuantizeSpec.model_validate(opts.model_dump(include=set(QuantizeSpec.model_fields)))
+    options: dict = {}
     if opts.mode == "qat":
         data = fit if opts.train_samples is None else dqdata.subsample(fit, opts.train_samples)
-        options |= dict(train_data=data, val_data=val, teacher=opts.teacher, epochs=opts.epochs, lr=opts.lr)
+        options = dict(train_data=data, val_data=val)
     calib_arg = calib if opts.mode in ("static", "qat") else None
     example = calib.x[:2]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mixed = None
         if opts.budget is not None:
-            qmodel, mixed = mixed_precision(model, calib_arg, val, budget=opts.budget, **options)
+            qmodel, mixed = mixed_precision(model, calib_arg, val, budget=opts.budget, spec=spec, **options)
             mixed["tuned_on"] = f"validation split ({len(val)} samples held out of the training data)"
         else:
-            qmodel = quantize(model, calib_arg, example_input=example, **options)
+            qmodel = quantize(model, calib_arg, spec, example_input=example, **options)
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
     opts.out.mkdir(parents=True, exist_ok=True)

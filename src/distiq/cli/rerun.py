@@ -11,7 +11,6 @@ process at a time may write a folder (:func:`distiq.lock.hold_folder`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -61,7 +60,7 @@ def training_inputs(opts: BaseModel, files: dict[str, Path] | None = None) -> di
         files: Input files by option name (``{"teacher": path}``); each is recorded with the sha256
             of its contents, so a file replaced at the same path is a different input.
     """
-    training = {f.name for f in dataclasses.fields(TrainConfig)}
+    training = set(TrainConfig.model_fields)
     dumped = opts.model_dump(mode="json")
     inputs = {k: v for k, v in dumped.items() if k not in training and k not in _NOT_INPUTS}
     inputs["data"] = data_fingerprint(dumped["data"], dumped.get("data_root"))

@@ -16,6 +16,7 @@ from .logits import make_logit_loss
 from .objective import DistillObjective, FeatureSpec
 from .offline import teacher_logits
 from .schemes import freeze_, init_from_teacher_
+from .spec import resolve_offline
 
 
 def distill(
@@ -29,7 +30,7 @@ def distill(
     alpha: float = 0.9,
     loss_options: Mapping[str, Any] | None = None,
     features: Iterable[FeatureSpec | Mapping[str, Any]] = (),
-    offline: bool = False,
+    offline: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     freeze: Iterable[str] | None = None,
     init_from_teacher: bool = False,
@@ -48,7 +49,8 @@ def distill(
         loss_options: Extra options of the logit loss (e.g. ``{"beta": 8.0}`` for DKD).
         features: Feature terms, e.g. ``{"kind": "hint", "student": "features.3",
             "teacher": "features.6", "weight": 1.0}``; "merge" takes a list of teacher layers.
-        offline: Compute the teacher's logits once (cached in ``cache_dir`` if given) and reuse them.
+        offline: Compute the teacher's logits once (cached in ``cache_dir`` if given) and reuse them;
+            ``None``: offline unless feature terms need the teacher online (as in recipes and the CLI).
         cache_dir: Folder for the offline cache of teacher logits.
         freeze: Student layers not to train (paths, globs, class names or "conv"/"pool"/"bn").
         init_from_teacher: First copy teacher weights into the student where names and shapes match.
@@ -64,7 +66,7 @@ def distill(
     if freeze:
         freeze_(student, freeze)
     logit_loss = make_logit_loss(loss, temperature=temperature, **dict(loss_options or {}))
-    cached = teacher_logits(teacher.eval(), train_set, cache_dir) if offline else None
+    cached = teacher_logits(teacher.eval(), train_set, cache_dir) if resolve_offline(offline, specs) else None
     objective = DistillObjective(
         student, teacher, logit_loss, alpha, specs, train_set.x[:2], cached_logits=cached
     )

@@ -7,103 +7,102 @@ the field, when the config is built rather than epochs later.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from distiq.errors import DistiqError
+from distiq.errors import DistiqError, validation_message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# Fields that say where a run writes and what it shows, not what it computes: a checkpoint made
-# under other values of these is still the same training (see :meth:`TrainConfig.identity`).
-PLACEMENT = ("checkpoint_dir", "log_path", "progress")
 SCHEDULES = ("constant", "cosine", "step")
 MONITORS = ("val_accuracy", "val_loss")
 
 
-@dataclass
-class TrainConfig:
-    """How to train.
+class TrainSpec(BaseModel):
+    """How to train: the one declaration of every training option, with its default.
 
-    Attributes:
-        epochs: Maximum number of passes over the training data.
-        batch_size: Samples per optimisation step.
-        optimizer: "adam", "adamw" or "sgd" (with Nesterov momentum).
-        lr: Peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty (decoupled for adamw).
-        schedule: "constant", "cosine" (to 0 over ``epochs``) or "step" (x0.1 every third of them).
-        warmup_epochs: Linear warm-up epochs before the schedule.
-        seed: Seeds parameter-free randomness (shuffling, dropout) per epoch, so runs reproduce.
-        patience: Stop after this many epochs without improvement of ``monitor`` (None: never).
-        monitor: "val_accuracy" or "val_loss"; the best epoch's weights are restored at the end.
-        target_accuracy: Stop as soon as validation accuracy (in [0, 1]) reaches this.
-        checkpoint_dir: Where to write a checkpoint after every epoch; resumes from it if present and
-            made by the same options.
-        log_path: JSONL file receiving one record per epoch.
-        progress: Show progress bars (None: only on a terminal).
-        eval_batch_size: Batch size for validation passes.
-        grad_clip: Clip the global gradient norm to this value (None: no clipping).
+    It is the recipe's ``train:`` section (and ``fine_tune:``, ``qat:``), the source of the command
+    line's training options (``--epochs``, ``--lr``, ...) and what ``dq.train(**options)`` validates.
+    Every field decides what training computes, so all of them enter a checkpoint's identity.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    seed: int = 0
-    patience: int | None = None
-    monitor: str = "val_accuracy"
-    target_accuracy: float | None = None
-    checkpoint_dir: str | None = None
-    log_path: str | None = None
-    progress: bool | None = None
-    eval_batch_size: int = 1024
-    grad_clip: float | None = None
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self) -> None:
-        def bad(field: str, expected: str) -> DistiqError:
-            return DistiqError(f"{field}: expected {expected}, got {getattr(self, field)!r}")
+    epochs: int = Field(10, ge=1, description="Maximum number of passes over the training data.")
+    batch_size: int = Field(128, ge=1, description="Samples per optimisation step.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="adam, adamw or sgd (with Nesterov momentum)."
+    )
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="constant, cosine (to 0 over the epochs) or step (x0.1 every third of them)."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule.")
+    seed: int = Field(
+        0,
+        description="Seeds shuffling and dropout per epoch, so runs reproduce (a recipe's seed by default).",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement of the monitor."
+    )
+    monitor: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="val_accuracy or val_loss; the best epoch's weights are restored."
+    )
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="Stop as soon as validation accuracy (a fraction) reaches this."
+    )
+    eval_batch_size: int = Field(1024, ge=1, description="Batch size of validation passes.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this.")
 
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise bad("epochs", "an integer >= 1")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise bad("batch_size", "an integer >= 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"one of {', '.join(SCHEDULES)}")
-        if self.monitor not in MONITORS:
-            raise bad("monitor", f"one of {', '.join(MONITORS)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise bad("lr", "a positive number")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "a number >= 0")
-        if self.patience is not None and self.patience < 1:
-            raise bad("patience", "an integer >= 1 or null")
-        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
-            raise bad("target_accuracy", "a fraction in (0, 1]")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) + 1:
-            raise bad("warmup_epochs", "an integer in [0, epochs]")
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: expected an integer in [0, epochs], got {self.warmup_epochs}")
+        return self
+
+    def identity(self) -> dict:
+        """The fields that decide what training computes, JSON-ready.
+
+        A checkpoint records them, so a rerun can tell its own checkpoint from one of other options.
+        """
+        return self.model_dump(include=set(TrainSpec.model_fields))
+
+
+class ProgressOption(BaseModel):
+    """What a run shows: not what it computes (a command-line option beside the :class:`TrainSpec`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    progress: bool | None = Field(None, description="Show progress bars (None: only on a terminal).")
+
+
+class TrainConfig(TrainSpec, ProgressOption):
+    """A :class:`TrainSpec` plus where the run writes and what it shows (not what it computes: a
+    checkpoint made under other values of these is still the same training)."""
+
+    checkpoint_dir: str | None = Field(
+        None, description="Checkpoint after every epoch here; resumes from it when made by the same options."
+    )
+    log_path: str | None = Field(None, description="JSONL file receiving one record per epoch.")
+
+    def __init__(self, **options: Any) -> None:
+        """Validate, raising :class:`DistiqError` naming the field
+        (a recipe's ``TrainSpec`` section reports its full key path through the recipe instead)."""
+        try:
+            super().__init__(**options)
+        except ValidationError as e:
+            raise DistiqError(validation_message(e, "training options")) from None
 
     @classmethod
     def from_options(cls, **options: object) -> tuple[TrainConfig, dict[str, object]]:
         """Build from keyword options; return the config and the options it did not consume."""
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in options.items() if k in names}
-        rest = {k: v for k, v in options.items() if k not in names}
-        return cls(**mine), rest  # type: ignore[arg-type]
-
-    def identity(self) -> dict:
-        """The fields that decide what training computes (all but :data:`PLACEMENT`), JSON-ready.
-
-        A checkpoint records them, so a rerun can tell its own checkpoint from one of other options.
-        """
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PLACEMENT}
+        mine = {k: v for k, v in options.items() if k in cls.model_fields}
+        rest = {k: v for k, v in options.items() if k not in cls.model_fields}
+        return cls(**mine), rest
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: a pure function, so a resumed run needs no state."""

@@ -20,7 +20,7 @@ from distiq.prune.structured import save_pruned
 from distiq.quant import deploy_check, export_onnx, layer_errors, quantize, sensitivity
 from distiq.quant.modules import ActQuant, quantizers
 
-from .recipe import PruneSpec, QuantizeSpec
+from .recipe import PruneSpec, QuantizeStageSpec
 from .stages import RunState, StageOutput, export_float, train_options
 
 console = Console(stderr=True)
@@ -86,30 +86,22 @@ def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 6
     return out
 
 
-def _quantize(spec: QuantizeSpec, state: RunState, calib, work_dir: Path, history: list | None = None):
+def _quantize(spec: QuantizeStageSpec, state: RunState, calib, work_dir: Path, history: list | None = None):
     """The stage's quantized model, every option of ``spec`` applied (QAT training included)."""
-    qat = {}
+    run = {}
     if spec.mode == "qat":
-        qat = dict(
+        placement = train_options(spec.qat, work_dir, state.recipe.seed)
+        run = dict(
             train_data=state.train,
             val_data=state.val,
             on_epoch_end=(lambda epoch, record: history.append(record)) if history is not None else None,
-            **train_options(spec.qat, work_dir, state.recipe.seed),
+            seed=placement["seed"],
+            **{k: placement[k] for k in ("checkpoint_dir", "log_path", "progress")},
         )
-    return quantize(
-        state.model,
-        calib,
-        mode=spec.mode,
-        method=spec.method,
-        bits=spec.bits,
-        per_channel=spec.per_channel,
-        skip=spec.skip,
-        target=spec.target,
-        **qat,
-    )
+    return quantize(state.model, calib, spec, **run)
 
 
-def calibration_spread(state: RunState, spec: QuantizeSpec, stage_dir: Path) -> dict:
+def calibration_spread(state: RunState, spec: QuantizeStageSpec, stage_dir: Path) -> dict:
     """Validation accuracy, in ONNX Runtime, of the stage's own quantization (same mode, QAT training
     included) with ``spec.calib_repeats`` other calibration subsets: how much the result depends on
     which images happened to be used for calibration."""
@@ -151,7 +143,7 @@ def int8_record(state: RunState, int8_path: Path, qmodel: nn.Module) -> dict:
     return record
 
 
-def run_quantize(spec: QuantizeSpec, state: RunState, stage_dir: Path) -> StageOutput:
+def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Quantize the current model, export int8 ONNX, and record where the error comes from."""
     seed = state.recipe.seed
     calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)

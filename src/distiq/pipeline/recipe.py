@@ -21,29 +21,17 @@ from pydantic import (
     model_validator,
 )
 
-from distiq.distill.logits import LOGIT_LOSSES
+from distiq.distill.spec import DistillSpec
+from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError, validation_message
 from distiq.io import read_yaml_mapping
-from distiq.quant.target import resolve_target
+from distiq.quant.spec import QuantizeSpec
 
 
 class Strict(BaseModel):
     """Base: unknown keys are errors, so a typo never silently falls back to a default."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class TrainSpec(Strict):
-    """Training options (a subset of :class:`distiq.engine.config.TrainConfig`)."""
-
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    schedule: Literal["constant", "cosine", "step"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    patience: int | None = Field(None, ge=1)
-    target_accuracy: float | None = Field(None, gt=0, le=1)
 
 
 class DataSpec(Strict):
@@ -79,26 +67,11 @@ class TeacherSpec(Strict):
         return self
 
 
-class DistillSpec(Strict):
-    """Distill a student from the teacher."""
+class DistillStageSpec(DistillSpec):
+    """The recipe's ``distill:`` section: the student and objective
+    (:class:`~distiq.distill.spec.DistillSpec`) and how it trains."""
 
-    student: str = "vgg-small"
-    student_options: dict[str, Any] = Field(default_factory=dict)
-    loss: str = "kd"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-    loss_options: dict[str, Any] = Field(default_factory=dict)
-    features: list[dict[str, Any]] = Field(default_factory=list)
-    offline: bool = True
-    init_from_teacher: bool = False
-    freeze: list[str] = Field(default_factory=list)
     train: TrainSpec = Field(default_factory=TrainSpec)
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, name: str) -> str:
-        LOGIT_LOSSES.get(name)  # fail when the recipe loads, not after the teacher has trained
-        return name
 
 
 class PruneSpec(Strict):
@@ -112,29 +85,18 @@ class PruneSpec(Strict):
     fine_tune: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-3))
 
 
-class QuantizeSpec(Strict):
-    """Quantize the (pruned) student and export it as int8 ONNX."""
+class CalibrationSample(Strict):
+    """How many training images calibrate (the recipe's quantize stage and ``distiq quantize``)."""
 
-    mode: Literal["static", "dynamic", "weight-only", "qat"] = "static"
-    method: Literal["minmax", "ema", "percentile", "kl", "mse"] = "kl"
-    bits: int = Field(8, ge=2, le=8)
-    per_channel: bool = True
-    calib_samples: int = Field(512, ge=1)
-    skip: list[str] = Field(default_factory=list, description="Layers kept in float.")
+    calib_samples: int = Field(512, ge=1, description="Calibration samples (stratified, training split).")
+
+
+class QuantizeStageSpec(QuantizeSpec, CalibrationSample):
+    """The recipe's ``quantize:`` section: how to quantize (:class:`~distiq.quant.spec.QuantizeSpec`)
+    plus what the stage calibrates on and measures."""
+
     sensitivity: bool = Field(True, description="Rank layers by the accuracy drop of each alone.")
     calib_repeats: int = Field(3, ge=0, description="Calibration subsets for the calibration-set spread.")
-    target: str = Field(
-        "auto",
-        description="CPU the int8 file is made for: auto (this machine), x86-avx2, x86-avx512, x86-vnni, "
-        "x86-amx, arm64, arm64-dotprod or generic (exact on every CPU).",
-    )
-    qat: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-4), description="QAT training.")
-
-    @field_validator("target")
-    @classmethod
-    def _known_target(cls, name: str) -> str:
-        resolve_target(name)
-        return name
 
 
 class EvaluateSpec(Strict):
@@ -184,9 +146,9 @@ class Recipe(Strict):
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherSpec
-    distill: DistillSpec | None = None
+    distill: DistillStageSpec | None = None
     prune: PruneSpec | None = None
-    quantize: QuantizeSpec | None = None
+    quantize: QuantizeStageSpec | None = None
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     budget: BudgetSpec | None = None
     report: bool = True

@@ -13,13 +13,14 @@ from torch import nn
 
 from distiq.data.arrays import ArrayDataset
 from distiq.distill.api import distill
+from distiq.engine.config import TrainSpec
 from distiq.engine.train import TrainResult, train
 from distiq.engine.weights import load_model, save_weights
 from distiq.evaluate.latency import export_for_timing
 from distiq.models import create
 from distiq.prune.structured import load_pruned
 
-from .recipe import DistillSpec, Recipe, TeacherSpec, TrainSpec
+from .recipe import DistillStageSpec, Recipe, TeacherSpec
 
 
 @dataclass
@@ -59,10 +60,11 @@ class StageOutput:
 
 
 def train_options(spec: TrainSpec, stage_dir: Path, seed: int) -> dict:
-    """Engine options of a stage: checkpoints inside the stage folder make it resumable."""
+    """Engine options of a stage: checkpoints inside the stage folder make it resumable; the recipe's
+    ``seed`` unless the section sets its own."""
     return {
         **spec.model_dump(),
-        "seed": seed,
+        "seed": spec.seed if "seed" in spec.model_fields_set else seed,
         "checkpoint_dir": str(stage_dir / "checkpoint"),
         "log_path": str(stage_dir / "history.jsonl"),
         "progress": None,
@@ -98,7 +100,7 @@ def run_teacher(spec: TeacherSpec, state: RunState, stage_dir: Path) -> StageOut
     return _finish(model, result, state, stage_dir)
 
 
-def run_distill(spec: DistillSpec, state: RunState, stage_dir: Path) -> StageOutput:
+def run_distill(spec: DistillStageSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Distill the student from the teacher."""
     torch.manual_seed(state.recipe.seed)
     student = create(spec.student, **state.shape, **spec.student_options)

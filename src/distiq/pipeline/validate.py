@@ -120,7 +120,7 @@ def _distill_names(problems: list[str], spec: DistillSpec) -> None:
     _attempt(problems, "distill.loss", lambda: make_logit_loss(spec.loss, **options))
     for i, feature in enumerate(spec.features):
         _attempt(problems, f"distill.features[{i}]", lambda f=feature: feature_spec(f))
-    if spec.features and spec.offline:
+    if spec.features and spec.offline is True:
         problems.append(
             "distill.offline: feature terms need the teacher online (offline caches logits only); "
             "set distill.offline: false"

@@ -14,9 +14,10 @@ from .fake_quant import fake_quantize, lsq_fake_quantize
 from .fuse import fold_bn, fold_bn_
 from .modules import ActQuant, QuantConv2d, QuantLinear, WeightQuant, is_quantized, set_state
 from .observers import OBSERVERS, QParams
-from .ptq import MODES, QuantConfig, QuantReport
+from .ptq import MODES, QuantReport
 from .qat import qat_
 from .sensitivity import layer_errors, mixed_precision, sensitivity, sqnr_db
+from .spec import QuantizeSpec
 from .target import TARGETS, cpu_info, cpu_target
 from .trace import trace
 
@@ -27,7 +28,7 @@ __all__ = [
     "DeployReport",
     "DeploymentWarning",
     "QParams",
-    "QuantConfig",
+    "QuantizeSpec",
     "QuantConv2d",
     "QuantLinear",
     "QuantReport",

@@ -7,6 +7,7 @@ evaluated, analysed layer by layer, fine-tuned (QAT) and exported to int8 ONNX w
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,37 +15,27 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError
 
-from .ptq import THIN_CONV_CHANNELS, QuantConfig, calibrate_, example_from, prepare
+from .ptq import calibrate_, example_from, prepare
 from .qat import qat_
+from .spec import QuantizeSpec
+
+# where QAT writes and what it shows: run options, not part of the spec (they change no result)
+RUN_OPTIONS = ("checkpoint_dir", "log_path", "progress", "on_epoch_end")
 
 
 def quantize(
     model: nn.Module,
     calib_data: Dataset | torch.Tensor | Iterable[Any] | None = None,
+    spec: QuantizeSpec | None = None,
     *,
-    mode: str = "static",
-    method: str = "kl",
-    bits: int = 8,
-    per_channel: bool = True,
-    act_bits: int = 8,
-    weight_method: str | None = None,
-    symmetric_activations: bool = False,
-    method_options: dict[str, Any] | None = None,
-    skip: Iterable[str] = (),
-    calib_batches: int | None = None,
-    batch_size: int = 64,
     example_input: torch.Tensor | None = None,
-    target: str = "auto",
-    thin_conv_channels: int = THIN_CONV_CHANNELS,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
-    teacher: nn.Module | bool = True,
-    distill_loss: str = "kd",
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    **train_options: Any,
+    teacher: nn.Module | bool | None = None,
+    **options: Any,
 ) -> nn.Module:
     """A simulated-quantized copy of ``model``.
 
@@ -57,72 +48,79 @@ def quantize(
         model: The float model (left untouched).
         calib_data: Calibration inputs: a dataset, a tensor of inputs, or an iterable of batches
             (tensors or ``(x, y)``), streamed — a few hundred samples suffice. Needed by static and qat.
-        mode: "static", "dynamic" (int8 weights, activation ranges per batch at run time: for
-            Linear-heavy models), "weight-only" (smaller files, float compute; int8 or int4) or "qat".
-        method: Activation calibrator: "kl" (TensorRT entropy), "minmax", "percentile", "mse", "ema".
-        bits: Weight bits (2-8).
-        per_channel: One weight scale per output channel.
-        act_bits: Activation bits (2-8; ONNX export needs 8).
-        weight_method: Weight calibrator (default "minmax" at 8 bits, "mse" below).
-        symmetric_activations: Signed activation grids instead of unsigned with a zero point.
-        method_options: Options of the activation calibrator, e.g. ``{"percentile": 99.9}``.
-        skip: Module paths to keep in float (e.g. a sensitive first conv).
-        calib_batches: Use at most this many calibration batches.
-        batch_size: Calibration batch size when ``calib_data`` is a dataset or tensor.
+        spec: How to quantize (:class:`~distiq.quant.spec.QuantizeSpec`: mode, method, bits, target,
+            QAT training, ...). Instead of a spec, its fields can be given as keywords
+            (``mode="dynamic", method="minmax"``), and QAT training fields (``epochs``, ``lr``, ...) as
+            keywords too; a keyword given beside a spec overrides that field.
         example_input: An input batch for tracing when there is no ``calib_data``.
-        target: The CPU whose int8 kernels the simulated model reproduces and the file is made for:
-            "auto" (this machine, :func:`distiq.quant.cpu_target`) or a name such as "x86-avx2",
-            "x86-vnni", "arm64-dotprod", "generic" (exact on every target).
-        thin_conv_channels: Static/qat: convs with at most this many input channels (a first conv on
-            grey or RGB images) stay float: ONNX Runtime runs them slower in int8 than in float
-            (0: quantize them too).
         train_data: QAT training data (default: ``calib_data``, which must then be labelled).
         val_data: QAT validation data.
-        teacher: QAT distillation teacher: ``True`` for the float model, ``False`` for labels only,
-            or another model.
-        distill_loss: QAT logit loss name ("kd", "mse", "dkd", ...).
-        temperature: QAT distillation temperature.
-        alpha: QAT weight of the distillation term.
-        **train_options: QAT training options (``epochs``, ``lr``, ``batch_size``, ...).
+        teacher: QAT distillation teacher: a model, or ``True``/``False`` (the float model / labels
+            only; default ``spec.teacher``).
+        **options: Spec fields, QAT training fields, and QAT run options (``checkpoint_dir``,
+            ``log_path``, ``progress``, ``on_epoch_end``).
 
     Returns:
         The quantized copy, in eval mode, with ``quant_report`` (:class:`~distiq.quant.ptq.QuantReport`).
     """
-    config = QuantConfig(
-        mode=mode,
-        method=method,
-        bits=bits,
-        act_bits=act_bits,
-        per_channel=per_channel,
-        weight_method=weight_method,
-        symmetric_activations=symmetric_activations,
-        method_options=dict(method_options or {}),
-        skip=tuple(skip),
-        calib_batches=calib_batches,
-        batch_size=batch_size,
-        target=target,
-        thin_conv_channels=thin_conv_channels,
-    )
-    if train_options and mode != "qat":
-        raise DistiqError(f"training option(s) {', '.join(sorted(train_options))} apply to mode='qat' only")
+    spec, run = _spec_from(spec, options)
     example, calib_data = example_from(model, calib_data, example_input)
-    qmodel, _ = prepare(model, config, example)
-    if config.quantizes_activations:
-        calibrate_(qmodel, calib_data, config)
-    if mode == "qat":
+    qmodel, _ = prepare(model, spec, example)
+    if spec.quantizes_activations:
+        calibrate_(qmodel, calib_data, spec)
+    if spec.mode == "qat":
         data = train_data if train_data is not None else calib_data
         if not isinstance(data, Dataset):
             raise DistiqError("mode='qat' needs train_data (or calib_data) as a labelled dataset")
-        if teacher is True:
-            teacher = model
+        chosen = spec.teacher if teacher is None else teacher
         qat_(
             qmodel,
             data,
             val_data,
-            teacher=teacher or None,
-            loss=distill_loss,
-            temperature=temperature,
-            alpha=alpha,
-            **train_options,
+            teacher=model if chosen is True else (chosen or None),
+            loss=spec.distill_loss,
+            temperature=spec.temperature,
+            alpha=spec.alpha,
+            **spec.qat.model_dump(),
+            **{"progress": False, **run},
         )
     return qmodel.eval()
+
+
+def _signature() -> inspect.Signature:
+    """``quantize``'s signature with the spec's fields as keyword parameters and their defaults, so
+    ``help(dq.quantize)`` and editors show the options that are declared once, in the spec."""
+    own = inspect.signature(quantize)
+    named = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    fields = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=info.get_default(call_default_factory=True),
+            annotation=info.annotation,
+        )
+        for name, info in QuantizeSpec.model_fields.items()
+        if name not in own.parameters
+    ]
+    return own.replace(parameters=[*named, *fields, own.parameters["options"]])
+
+
+quantize.__signature__ = _signature()  # type: ignore[attr-defined]
+
+
+def _spec_from(spec: QuantizeSpec | None, options: dict[str, Any]) -> tuple[QuantizeSpec, dict[str, Any]]:
+    """The spec that ``spec`` and keyword ``options`` describe, and the QAT run options among them."""
+    fields = {k: v for k, v in options.items() if k in QuantizeSpec.model_fields}
+    training = {k: v for k, v in options.items() if k in TrainSpec.model_fields and k not in fields}
+    run = {k: v for k, v in options.items() if k in RUN_OPTIONS}
+    unknown = sorted(set(options) - set(fields) - set(training) - set(run))
+    if unknown:
+        raise DistiqError(f"quantize: unknown option(s) {', '.join(unknown)}; known: the QuantizeSpec fields")
+    base = spec.model_dump(include=set(QuantizeSpec.model_fields)) if spec is not None else {}  # a subclass's
+    # extra fields (a recipe stage's calib_samples, ...) are not quantization options
+    mode = fields.get("mode", base.get("mode", "static"))
+    if (training or run) and mode != "qat":
+        raise DistiqError(f"training option(s) {', '.join(sorted(training | run))} apply to mode='qat' only")
+    if training:
+        fields["qat"] = {**base.get("qat", {}), **training}
+    return QuantizeSpec.build(**{**base, **fields}), run

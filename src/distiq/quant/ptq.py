@@ -1,6 +1,6 @@
 """Post-training quantization: fold, fuse, wrap, place activation quantizers, calibrate.
 
-``prepare`` turns a float model into a simulated-quantized copy following a :class:`QuantConfig`;
+``prepare`` turns a float model into a simulated-quantized copy following a :class:`QuantizeSpec`;
 ``calibrate_`` streams calibration batches through it. Where the activation quantizers go decides
 whether ONNX Runtime can run the exported graph with integer kernels, so placement follows the
 recorded dataflow (:mod:`distiq.quant.trace`), as ORT's QDQ fusions expect:
@@ -49,89 +49,17 @@ from .modules import (
     quantizers,
     set_state,
 )
-from .observers import OBSERVERS, check_bits
+from .spec import MODES, QuantizeSpec
 from .target import resolve_target
 from .trace import INPUT, Dataflow, Node, trace
 
-MODES = ("static", "dynamic", "weight-only", "qat")
 PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU)
 SKIPPED = "kept in float on request (skip)"
-THIN_CONV_CHANNELS = 4
 NO_OPS = (nn.Identity, nn.Dropout)  # vanish in eval mode and in the exported graph
 PRESERVING_FUNCTIONS = {
     "flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous", "__getitem__",
     "max_pool2d", "relu", "dropout", "detach", "clone",
 }  # fmt: skip
-
-
-@dataclass
-class QuantConfig:
-    """How to quantize; validated when built, so a bad option fails before any calibration.
-
-    Attributes:
-        mode: "static" (calibrated activations), "dynamic" (activation ranges at run time; Linear
-            layers), "weight-only" or "qat" (static, then fine-tuned with learnable scales).
-        method: Activation calibrator (a name in ``OBSERVERS``: kl, minmax, percentile, mse, ema).
-        bits: Weight bits, 2 to 8.
-        act_bits: Activation bits, 2 to 8 (ONNX export needs 8); ignored by weight-only and dynamic.
-        per_channel: One weight scale per output channel.
-        weight_method: Weight calibrator; default "minmax" at 8 bits, "mse" below.
-        symmetric_activations: Signed activation grids (zero point 0) instead of unsigned.
-        method_options: Options of the activation calibrator (e.g. ``{"percentile": 99.99}``).
-        skip: Module paths to keep in float.
-        calib_batches: Use at most this many calibration batches.
-        batch_size: Batch size for calibration data given as a dataset or tensor.
-        target: CPU whose integer kernels the simulation reproduces and the export is made for
-            (:data:`~distiq.quant.target.TARGETS`); "auto" is this machine. On targets whose int8
-            kernels saturate (x86 without VNNI) 8-bit weights use ``[-64, 64]``.
-        thin_conv_channels: In static and qat modes, convs with at most this many input channels (an
-            image model's first conv) stay in float (0: quantize them too). ONNX Runtime's integer conv
-            cannot fill its kernels from so few channels: on a 1-channel first conv it is several times
-            slower than the float conv (docs/quantization.md), so a file that quantizes it is slower.
-    """
-
-    mode: str = "static"
-    method: str = "kl"
-    bits: int = 8
-    act_bits: int = 8
-    per_channel: bool = True
-    weight_method: str | None = None
-    symmetric_activations: bool = False
-    method_options: dict[str, Any] = field(default_factory=dict)
-    skip: tuple[str, ...] = ()
-    calib_batches: int | None = None
-    batch_size: int = 64
-    target: str = "auto"
-    thin_conv_channels: int = THIN_CONV_CHANNELS
-
-    def __post_init__(self) -> None:
-        resolve_target(self.target)  # an unknown name fails here, listing the known ones
-        if self.mode not in MODES:
-            raise DistiqError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
-        check_bits(self.bits)
-        check_bits(self.act_bits)
-        for name in ("method", "weight_method"):
-            value = getattr(self, name)
-            if value is not None and value not in OBSERVERS:
-                raise DistiqError(f"{name}: unknown calibrator {value!r}; known: {', '.join(OBSERVERS)}")
-        if self.weight_method is None:
-            self.weight_method = "minmax" if self.bits == 8 else "mse"
-        if self.thin_conv_channels < 0:
-            raise DistiqError(f"thin_conv_channels: expected 0 or more, got {self.thin_conv_channels}")
-        if self.batch_size < 1 or (self.calib_batches is not None and self.calib_batches < 1):
-            raise DistiqError("batch_size and calib_batches must be positive")
-        self.skip = tuple(self.skip)
-
-    @property
-    def quantizes_activations(self) -> bool:
-        return self.mode in ("static", "qat")
-
-    @property
-    def weight_max(self) -> int:
-        """Largest weight integer: narrowed on saturating targets where integer kernels compute
-        (weight-only files dequantize to float and keep every level)."""
-        natural = 2 ** (self.bits - 1) - 1
-        return natural if self.mode == "weight-only" else resolve_target(self.target).weight_max(self.bits)
 
 
 @dataclass
@@ -204,7 +132,7 @@ def example_from(model: nn.Module, data: Any, example_input: torch.Tensor | None
 QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
-def _float_reason(module: nn.Module, called: int, config: QuantConfig) -> str | None:
+def _float_reason(module: nn.Module, called: int, config: QuantizeSpec) -> str | None:
     """Why a module with weights stays in float, or ``None`` if it gets quantized."""
     if type(module) in QUANTIZABLE:
         if config.mode == "dynamic" and isinstance(module, nn.Conv2d):
@@ -217,7 +145,7 @@ def _float_reason(module: nn.Module, called: int, config: QuantConfig) -> str | 
     return f"{type(module).__name__} has no quantized implementation in distiq"
 
 
-def _chosen_float_reason(path: str, module: nn.Module, config: QuantConfig) -> str | None:
+def _chosen_float_reason(path: str, module: nn.Module, config: QuantizeSpec) -> str | None:
     """Why a quantizable module stays in float by choice (not reported as a warning), or ``None``."""
     if any(path == s or path.startswith(s + ".") for s in config.skip):
         return SKIPPED
@@ -258,7 +186,7 @@ def _walk_back(
 
 
 def prepare(
-    model: nn.Module, config: QuantConfig, example_input: torch.Tensor
+    model: nn.Module, config: QuantizeSpec, example_input: torch.Tensor
 ) -> tuple[nn.Module, QuantReport]:
     """A simulated-quantized copy of ``model`` (quantizers placed, weights calibrated, not activations).
 
@@ -273,7 +201,7 @@ def prepare(
     groups = fold_bn_(qmodel, example_input)
     graph = trace(qmodel, example_input)
     modules = dict(qmodel.named_modules())
-    report = QuantReport(config=asdict(config), target=resolve_target(config.target).name)
+    report = QuantReport(config=config.model_dump(mode="json"), target=resolve_target(config.target).name)
     report.fused = [asdict(g) for g in groups]
     fused_relu = {g.layer: g.relu for g in groups if g.relu}
     targets = _choose_layers(qmodel, graph, config, report)
@@ -307,7 +235,9 @@ def prepare(
     return qmodel, report
 
 
-def _choose_layers(qmodel: nn.Module, graph: Dataflow, config: QuantConfig, report: QuantReport) -> list[str]:
+def _choose_layers(
+    qmodel: nn.Module, graph: Dataflow, config: QuantizeSpec, report: QuantReport
+) -> list[str]:
     targets = []
     for path, module in qmodel.named_modules():
         if next(module.parameters(recurse=False), None) is None:
@@ -328,7 +258,7 @@ def _choose_layers(qmodel: nn.Module, graph: Dataflow, config: QuantConfig, repo
     return targets
 
 
-def _place_activations(qmodel: nn.Module, graph: Dataflow, layers: dict, config: QuantConfig) -> None:
+def _place_activations(qmodel: nn.Module, graph: Dataflow, layers: dict, config: QuantizeSpec) -> None:
     def new_quant() -> ActQuant:
         return ActQuant(config.act_bits, config.symmetric_activations, config.method, config.method_options)
 
@@ -396,7 +326,7 @@ def _describe(path: str, layer: Any) -> dict:
 
 
 @torch.no_grad()
-def calibrate_(qmodel: nn.Module, data: Any, config: QuantConfig) -> QuantReport:
+def calibrate_(qmodel: nn.Module, data: Any, config: QuantizeSpec) -> QuantReport:
     """Stream calibration batches through ``qmodel``'s activation quantizers, then set their grids.
 
     Weights stay float during the pass (ranges are those of the float model, as ONNX Runtime's
@@ -427,4 +357,4 @@ def calibrate_(qmodel: nn.Module, data: Any, config: QuantConfig) -> QuantReport
     return report
 
 
-__all__ = ["MODES", "FusedGroup", "QuantConfig", "QuantReport", "calibrate_", "iter_inputs", "prepare"]
+__all__ = ["MODES", "FusedGroup", "QuantReport", "calibrate_", "iter_inputs", "prepare"]

@@ -26,8 +26,6 @@ from distiq.engine.train import TrainResult, train
 
 from .modules import ActQuant, quantizers, set_state
 
-QAT_DEFAULTS = {"epochs": 2, "lr": 1e-4, "batch_size": 128, "progress": False}
-
 
 def qat_(
     qmodel: nn.Module,
@@ -52,13 +50,11 @@ def qat_(
         temperature: Softening temperature of the loss.
         alpha: Weight of the distillation term; ``1 - alpha`` weights cross-entropy.
         learn_scales: Learn each grid's scale with LSQ; otherwise scales stay as calibrated.
-        **train_options: :class:`distiq.engine.TrainConfig` fields; defaults ``QAT_DEFAULTS`` (a short,
-            low learning-rate fine-tune, since the weights start trained).
+        **train_options: :class:`distiq.engine.TrainConfig` fields (``QuantizeSpec.qat`` gives them).
 
     Returns:
         The training result; learned scales are written back into the quantizers' buffers.
     """
-    options = {**QAT_DEFAULTS, **train_options}
     train_set = as_arrays(train_data)
     for _, q in quantizers(qmodel):
         tied_or_dynamic = isinstance(q, ActQuant) and (q._source or q.dynamic)
@@ -71,7 +67,7 @@ def qat_(
         logit_loss = make_logit_loss(loss, temperature=temperature)
         objective = DistillObjective(qmodel, teacher, logit_loss, alpha, [], train_set.x[:2])
     try:
-        result = train(qmodel, train_set, val_data, objective=objective, **options)
+        result = train(qmodel, train_set, val_data, objective=objective, **train_options)
     finally:
         with torch.no_grad():
             for _, q in quantizers(qmodel):

@@ -166,14 +166,15 @@ def mixed_precision(
         eval_data: Labelled data the budget is checked on.
         budget: Largest accepted accuracy drop versus float, as a fraction (0.01 = one point).
         ranking: Output of :func:`sensitivity` (computed if not given).
-        **quant_options: Options of :func:`distiq.quantize`.
+        **quant_options: Options of :func:`distiq.quantize` (``spec=`` among them).
 
     Returns:
         ``(qmodel, info)``: the quantized model and ``{"float_accuracy", "accuracy", "float_layers",
         "met_budget", "steps"}``.
     """
     float_acc = _accuracy(model, eval_data)
-    skip = list(quant_options.pop("skip", ()))
+    spec = quant_options.get("spec")
+    skip = list(quant_options.pop("skip", spec.skip if spec is not None else ()))
     qmodel = quantize(model, calib_data, skip=skip, **quant_options)
     if ranking is None:
         ranking = sensitivity(model, calib_data, eval_data, qmodel=qmodel)
