@@ -122,3 +122,16 @@ def test_cli_quantize_and_a_one_stage_recipe_give_the_same_int8_file(tmp_path, c
     assert from_cli.keys() == from_recipe.keys()
     for name, value in from_cli.items():
         assert np.array_equal(value, from_recipe[name]), name
+
+
+def test_prune_help_and_api_share_the_recipe_section_defaults(capsys):
+    import inspect
+
+    from distiq.prune.spec import PruneSpec
+    from distiq.prune.structured import prune_channels_
+
+    shown = _help_defaults(capsys, "prune")
+    for name, info in PruneSpec.model_fields.items():
+        assert shown[_flag(name)] == _shown(info.get_default(call_default_factory=True)), name
+    for fn in (dq.prune, prune_channels_):  # the structured pruner once defaulted to "layer"
+        assert inspect.signature(fn).parameters["scope"].default == PruneSpec().scope

@@ -18,6 +18,7 @@ from distiq.evaluate.api import evaluate
 from distiq.evaluate.fit import check_fits
 from distiq.models import count_parameters
 from distiq.prune import load_pruned, prune, save_pruned, sparse, sparsity_rich_table, sparsity_table
+from distiq.prune.spec import PruneSpec
 
 from .common import (
     CodeOptions,
@@ -32,19 +33,15 @@ from .common import (
 from .options import command
 
 
-class PruneOptions(DataOptions, TrainingOptions, CodeOptions):  # type: ignore[misc, valid-type]
-    """Options of ``distiq prune``."""
+class PruneOptions(PruneSpec, DataOptions, TrainingOptions, CodeOptions):
+    """Options of ``distiq prune``: what to remove (:class:`PruneSpec`, as in a recipe's ``prune:``)
+    plus the weights file, its fine-tuning and the output folder of one command."""
 
     weights: Path = Field(description="Trained model (.safetensors written by distiq train/distill).")
-    amount: float = Field(0.9, ge=0, lt=1, description="Fraction of weights (or channels) to remove.")
-    structured: bool = Field(False, description="Remove whole channels/neurons instead of single weights.")
-    scope: str = Field("global", description="global (one ranking over all layers) or layer (each layer).")
-    importance: str = Field("l1", description="Channel ranking: l1, l2 or bn (BatchNorm scale).")
     pruning_schedule: str = Field(
         "one-shot", description="one-shot, or cubic (gradual, Zhu & Gupta 2017); schedule is the lr's."
     )
     ramp: float = Field(0.6, gt=0, le=1, description="Fraction of fine-tuning over which cubic ramps up.")
-    exclude: list[str] = Field(default_factory=list, description="Layer paths to leave unpruned.")
     epochs: int = Field(2, ge=0, description="Fine-tuning epochs after pruning (0: prune only).")
     teacher: str | None = Field(
         None, description="Distil while fine-tuning: 'original' (the unpruned model) or a weights file."

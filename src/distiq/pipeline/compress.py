@@ -20,13 +20,13 @@ from distiq.prune.structured import save_pruned
 from distiq.quant import deploy_check, export_onnx, layer_errors, quantize, sensitivity
 from distiq.quant.modules import ActQuant, quantizers
 
-from .recipe import PruneSpec, QuantizeStageSpec
+from .recipe import PruneStageSpec, QuantizeStageSpec
 from .stages import RunState, StageOutput, export_float, train_options
 
 console = Console(stderr=True)
 
 
-def run_prune(spec: PruneSpec, state: RunState, stage_dir: Path) -> StageOutput:
+def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Prune the current model and fine-tune it, from the teacher when asked."""
     history: list[dict] = []
     opts = train_options(spec.fine_tune, stage_dir, state.recipe.seed)

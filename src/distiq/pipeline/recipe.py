@@ -25,6 +25,7 @@ from distiq.distill.spec import DistillSpec
 from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError, validation_message
 from distiq.io import read_yaml_mapping
+from distiq.prune.spec import PruneSpec
 from distiq.quant.spec import QuantizeSpec
 
 
@@ -74,14 +75,11 @@ class DistillStageSpec(DistillSpec):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
-class PruneSpec(Strict):
-    """Prune the student, then fine-tune it (optionally distilling from the teacher)."""
+class PruneStageSpec(PruneSpec):
+    """The recipe's ``prune:`` section: what to remove (:class:`~distiq.prune.spec.PruneSpec`), then a
+    fine-tune of the pruned student (optionally distilling from the teacher)."""
 
-    amount: float = Field(0.5, ge=0, lt=1)
-    structured: bool = False
-    scope: Literal["global", "layer"] = "global"
-    importance: Literal["l1", "l2", "bn"] = "l1"
-    distill_from_teacher: bool = True
+    distill_from_teacher: bool = Field(True, description="Fine-tune with KD from the teacher.")
     fine_tune: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-3))
 
 
@@ -147,7 +145,7 @@ class Recipe(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherSpec
     distill: DistillStageSpec | None = None
-    prune: PruneSpec | None = None
+    prune: PruneStageSpec | None = None
     quantize: QuantizeStageSpec | None = None
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     budget: BudgetSpec | None = None

@@ -26,6 +26,7 @@ from distiq.errors import DistiqError
 
 from .magnitude import fold_masks_, prune_magnitude_, sparsity_table
 from .schedule import CubicSchedule, keep_masks
+from .spec import SCOPE
 from .structured import prune_channels_
 
 SCHEDULES = ("one-shot", "cubic")
@@ -38,7 +39,7 @@ def fine_tune(
     *,
     teacher: nn.Module | None = None,
     gradual: CubicSchedule | None = None,
-    scope: str = "global",
+    scope: str = SCOPE,
     exclude: Iterable[str] = (),
     distill_options: Mapping[str, Any] | None = None,
     **train_options: Any,
@@ -95,7 +96,7 @@ def prune(
     amount: float | Mapping[str, float],
     *,
     structured: bool = False,
-    scope: str = "global",
+    scope: str = SCOPE,
     importance: str = "l1",
     example_input: torch.Tensor | None = None,
     exclude: Iterable[str] = (),

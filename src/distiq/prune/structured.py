@@ -33,6 +33,7 @@ from distiq.models import create_from_config
 from distiq.registry import Registry
 
 from .magnitude import check_amount, masked_layers, prunable_layers
+from .spec import SCOPE
 
 IMPORTANCES: Registry[Callable[[], tp.importance.Importance]] = Registry("channel importance")
 
@@ -79,7 +80,7 @@ def prune_channels_(
     amount: float | Mapping[str, float],
     *,
     importance: str = "l1",
-    scope: str = "layer",
+    scope: str = SCOPE,
     example_input: torch.Tensor | None = None,
     exclude: Iterable[str] = (),
     max_layer_amount: float = 0.9,
