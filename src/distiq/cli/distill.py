@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from distiq.distill.api import distill
-from distiq.distill.spec import DistillSpec
+from distiq.distill.spec import DistillSpec, objective_options
 from distiq.engine.config import TrainConfig
 from distiq.engine.weights import load_model
 from distiq.evaluate.api import evaluate
@@ -60,15 +60,8 @@ def _distill(opts: DistillOptions) -> dict:
         student,
         train_set,
         val_set,
-        loss=opts.loss,
-        temperature=opts.temperature,
-        alpha=opts.alpha,
-        loss_options=opts.loss_options,
-        features=opts.features,
-        offline=opts.offline,
+        **objective_options(opts),
         cache_dir=opts.out / "teacher-cache",
-        freeze=opts.freeze or None,
-        init_from_teacher=opts.init_from_teacher,
         inputs=inputs,
         rerun=rerun_mode(opts),
         **options,

@@ -47,3 +47,8 @@ class DistillSpec(BaseModel):
 def resolve_offline(offline: bool | None, features: list | tuple) -> bool:
     """``offline`` as given, or (``None``) offline exactly when no feature term needs the teacher."""
     return not features if offline is None else offline
+
+
+def objective_options(spec: DistillSpec) -> dict[str, Any]:
+    """The keywords of :func:`distiq.distill` that ``spec`` sets (all but which student to build)."""
+    return spec.model_dump(include=set(DistillSpec.model_fields) - {"student", "student_options"})

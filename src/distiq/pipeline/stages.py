@@ -13,6 +13,7 @@ from torch import nn
 
 from distiq.data.arrays import ArrayDataset
 from distiq.distill.api import distill
+from distiq.distill.spec import objective_options
 from distiq.engine.config import TrainSpec
 from distiq.engine.train import TrainResult, train
 from distiq.engine.weights import load_model, save_weights
@@ -109,15 +110,8 @@ def run_distill(spec: DistillStageSpec, state: RunState, stage_dir: Path) -> Sta
         student,
         state.train,
         state.val,
-        loss=spec.loss,
-        temperature=spec.temperature,
-        alpha=spec.alpha,
-        loss_options=spec.loss_options,
-        features=spec.features,
-        offline=spec.offline,
+        **objective_options(spec),
         cache_dir=stage_dir / "teacher-cache",
-        freeze=spec.freeze or None,
-        init_from_teacher=spec.init_from_teacher,
         **train_options(spec.train, stage_dir, state.recipe.seed),
     )
     return _finish(student, result, state, stage_dir)
