@@ -65,6 +65,10 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):  # TypeError: an unhashable "name" from a recipe
             raise unknown_name(self.kind, name, self._items) from None
 
+    def unknown(self, name: object) -> DistiqError:
+        """The error :meth:`get` raises for ``name`` (for callers that prefix it with a field)."""
+        return unknown_name(self.kind, name, self._items)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distiq.distill import functional as Fd
+from distiq.registry import Registry
 
 Shape = tuple[int, ...]
 
@@ -48,6 +49,13 @@ def resize_map(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+#: Feature terms by the ``kind`` a recipe names. A term is an ``nn.Module`` built as
+#: ``cls(student_shape, teacher_shape)`` (shapes without the batch dimension) whose ``forward(student,
+#: teacher)`` returns a scalar; with ``many_teachers = True`` it gets lists of teacher shapes and maps.
+FEATURES: Registry = Registry("feature term")
+
+
+@FEATURES.register("hint")
 class HintTerm(nn.Module):
     """FitNets hint (Romero et al., 2015): a learned adapter regresses the student to the teacher.
 
@@ -93,6 +101,7 @@ class HintTerm(nn.Module):
         return Fd.hint_mse(adapted, teacher_feat.detach())
 
 
+@FEATURES.register("attention")
 class AttentionTerm(nn.Module):
     """Attention transfer (Zagoruyko & Komodakis, 2017); no parameters.
 
@@ -125,6 +134,7 @@ class AttentionTerm(nn.Module):
         return Fd.attention_transfer(student_feat, teacher_feat.detach(), self.p)
 
 
+@FEATURES.register("merge")
 class MergeTerm(nn.Module):
     """Layer merging: one student feature learns to predict several teacher layers at once.
 
@@ -150,6 +160,8 @@ class MergeTerm(nn.Module):
         teacher_shapes: One shape per teacher layer, in the order ``forward`` receives them.
         eps: Added to the variance in the standardisation.
     """
+
+    many_teachers = True
 
     def __init__(
         self,

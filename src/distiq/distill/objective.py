@@ -21,10 +21,8 @@ from distiq.engine.objective import Objective
 from distiq.errors import DistiqError
 from distiq.models.hooks import capture, feature_shapes
 
-from .features import AttentionTerm, HintTerm, MergeTerm
+from .features import FEATURES
 from .logits import LogitLoss
-
-FEATURE_KINDS = ("hint", "attention", "merge")
 
 
 @dataclass
@@ -32,7 +30,8 @@ class FeatureSpec:
     """One feature-distillation term.
 
     Attributes:
-        kind: "hint" (FitNets), "attention" (attention transfer) or "merge" (layer merging).
+        kind: A registered feature term (:data:`~distiq.distill.features.FEATURES`): "hint" (FitNets),
+            "attention" (attention transfer), "merge" (layer merging) or one of the user's.
         student: Module path of the student layer.
         teacher: Module path of the teacher layer; a list of paths for "merge".
         weight: Multiplier of this term in the loss.
@@ -44,12 +43,17 @@ class FeatureSpec:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise DistiqError(f"features.kind: expected one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
-        if self.kind != "merge" and not isinstance(self.teacher, str):
+        if self.kind not in FEATURES:
+            raise DistiqError(f"features.kind: {FEATURES.unknown(self.kind)}")
+        many = self.many_teachers
+        if not many and not isinstance(self.teacher, str):
             raise DistiqError(f"features.teacher: {self.kind} takes one teacher layer, got {self.teacher!r}")
-        if isinstance(self.teacher, str) and self.kind == "merge":
+        if isinstance(self.teacher, str) and many:
             self.teacher = [self.teacher]
+
+    @property
+    def many_teachers(self) -> bool:
+        return bool(getattr(FEATURES.get(self.kind), "many_teachers", False))
 
     @property
     def teacher_layers(self) -> list[str]:
@@ -60,11 +64,7 @@ def _build_term(spec: FeatureSpec, s_shapes: dict, t_shapes: dict) -> nn.Module:
     s = s_shapes[spec.student][1:]  # shapes without the batch dimension
     ts = [t_shapes[t][1:] for t in spec.teacher_layers]
     try:
-        if spec.kind == "hint":
-            return HintTerm(s, ts[0])
-        if spec.kind == "attention":
-            return AttentionTerm(s, ts[0])
-        return MergeTerm(s, ts)
+        return FEATURES.get(spec.kind)(s, ts if spec.many_teachers else ts[0])
     except ValueError as e:
         raise DistiqError(f"features {spec.kind} {spec.student} <- {spec.teacher}: {e}") from None
 
@@ -135,7 +135,7 @@ class DistillObjective(Objective):
         loss = self.alpha * distill + (1.0 - self.alpha) * ce
         for spec, term in zip(self.specs, self.terms, strict=True):
             t_feats = [self._t_feats[t] for t in spec.teacher_layers]
-            value = term(self._s_feats[spec.student], t_feats if spec.kind == "merge" else t_feats[0])
+            value = term(self._s_feats[spec.student], t_feats if spec.many_teachers else t_feats[0])
             terms[f"{spec.kind}:{spec.student}"] = value
             loss = loss + spec.weight * value
         terms["loss"] = loss
