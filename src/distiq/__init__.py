@@ -3,7 +3,7 @@
 ``import distiq as dq``; the public names are listed in ``__all__`` (and in the shared API.md).
 """
 
-from . import data, models, quant
+from . import data, models, plugins, quant
 from .distill import functional as losses
 from .distill.api import distill
 from .distill.concept import distill_concepts
@@ -12,6 +12,7 @@ from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
+from .plugins import register
 from .prune import prune, sparse
 from .quant import QuantizeSpec, calibrate, export_onnx, quantize
 from .registry import Registry
@@ -27,6 +28,7 @@ __all__ = [
     "TrainSpec",
     "calibrate",
     "export_onnx",
+    "plugins",
     "prune",
     "quant",
     "quantize",
@@ -39,6 +41,7 @@ __all__ = [
     "load_weights",
     "losses",
     "models",
+    "register",
     "run",
     "save_weights",
     "sparse",

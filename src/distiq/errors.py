@@ -19,7 +19,8 @@ def validation_message(err: object, source: str) -> str:
     for e in err.errors():  # type: ignore[attr-defined]
         key = ".".join(_printable(p) for p in e["loc"]) or "(top level)"
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        parts.append(f"{key}: {e['msg']}{got}")
+        message = e["msg"].removeprefix("Value error, ")  # our validators' own words need no label
+        parts.append(f"{key}: {message}{got}")
     return f"{source}: " + "; ".join(parts)
 
 

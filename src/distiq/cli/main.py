@@ -11,6 +11,7 @@ import sys
 import typer
 
 from distiq.errors import DistiqError
+from distiq.plugins import load_plugins
 
 from .demo import DemoOptions, run_demo
 from .distill import DistillOptions, run_distill
@@ -40,6 +41,16 @@ command(app, "export", ExportOptions, "Export saved weights to ONNX.")(run_expor
 app.command("report", help="Rebuild the HTML/Markdown/JSON report of a run directory.")(report_command)
 app.command("run")(run_command)
 register_prune(app)  # prune, sparse
+
+
+@app.callback()
+def _plugins(
+    plugin: list[str] = typer.Option(  # noqa: B008 (typer declares options as defaults)
+        [], "--plugin", help="A file (my_losses.py) or module to import first, so its registered names work."
+    ),
+) -> None:
+    """Distill, prune and quantize neural networks; export int8 ONNX; measure what was kept."""
+    load_plugins(plugin)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,7 +26,9 @@ from distiq.distill.spec import DistillSpec
 from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError, validation_message
 from distiq.io import read_yaml_mapping
+from distiq.plugins import load_plugins
 from distiq.prune.spec import PruneSpec
+from distiq.quant.observers import OBSERVERS
 from distiq.quant.spec import QuantizeSpec
 
 
@@ -112,11 +115,19 @@ class EvaluateSpec(Strict):
     threads: int = Field(2, ge=1)
 
 
+def _calibrator(name: str) -> str:
+    """A registered calibrator's name (checked per list entry, so the message names the entry)."""
+    OBSERVERS.get(name)
+    return name
+
+
 class SearchSpace(Strict):
     """Candidates the budget search tries: every combination of the lists (each needs a value)."""
 
-    methods: list[Literal["minmax", "ema", "percentile", "kl", "mse"]] = Field(
-        default_factory=lambda: ["minmax", "percentile", "kl"], min_length=1
+    methods: list[Annotated[str, AfterValidator(_calibrator)]] = Field(
+        default_factory=lambda: ["minmax", "percentile", "kl"],
+        min_length=1,
+        description="Calibrators to try (registered names, a plugin's among them).",
     )
     bits: list[Annotated[int, Field(ge=2, le=8)]] = Field(default_factory=lambda: [8], min_length=1)
     per_channel: list[bool] = Field(default_factory=lambda: [True], min_length=1)
@@ -150,6 +161,11 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     budget: BudgetSpec | None = None
     report: bool = True
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="The user's files (path/to/file.py, relative to the recipe) or modules to import first, "
+        "so the names they register (dq.register) can be used here.",
+    )
     _source: str = PrivateAttr("recipe")  # the file it came from, for the messages of later checks
 
     @field_validator("name")
@@ -173,10 +189,14 @@ def load_recipe(recipe: str | os.PathLike[str] | dict | Recipe) -> Recipe:
     """
     if isinstance(recipe, Recipe):
         return recipe
-    source = "recipe"
+    source, base_dir = "recipe", Path.cwd()
     if not isinstance(recipe, dict):
-        source = str(recipe)
+        source, base_dir = str(recipe), Path(recipe).parent
         recipe = read_yaml_mapping(recipe, "recipe")
+    plugins = recipe.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise DistiqError(f"{source}: plugins: expected a list of file paths or module names")
+    load_plugins(plugins, base_dir)  # before validation: the names they register are checked below
     try:
         loaded = Recipe.model_validate(recipe)
     except ValidationError as e:

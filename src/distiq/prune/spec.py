@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCOPE = "global"
 
@@ -23,3 +23,11 @@ class PruneSpec(BaseModel):
     )
     importance: str = Field("l1", description="Channel ranking: l1, l2 or bn (BatchNorm scale).")
     exclude: list[str] = Field(default_factory=list, description="Layer paths to leave unpruned.")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, name: str) -> str:
+        from .structured import IMPORTANCES  # the pruner imports this module: look it up on use
+
+        IMPORTANCES.get(name)  # an unknown name fails when the options load, listing the known ones
+        return name
