@@ -73,7 +73,7 @@ def _recipe(tmp_path, **changes) -> dict:
         "report": False,
     }
     for section, value in changes.items():
-        recipe[section] = {**recipe[section], **value} if isinstance(value, dict) else value
+        recipe[section] = {**(recipe.get(section) or {}), **value} if isinstance(value, dict) else value
     return recipe
 
 
@@ -117,6 +117,7 @@ def test_plugin_from_the_command_line(tmp_path, capsys):
         ("distill", {"loss": "scaled-mes"}, "scaled-mse"),
         ("quantize", {"method": "half-minmx"}, "half-minmax"),
         ("distill", {"features": [{"kind": "hints", "student": "net.1", "teacher": "net.1"}]}, "hint"),
+        ("prune", {"structured": True, "amount": 0.5, "importance": "l3"}, "l2"),
     ],
 )
 def test_a_misspelt_name_is_one_line_listing_the_known_ones(tmp_path, capsys, section, change, known):
