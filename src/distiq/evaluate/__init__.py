@@ -1,4 +1,5 @@
-"""Evaluation: metrics, calibration, robustness, latency, cost, and honest estimates of noise."""
+"""Evaluation: metrics, calibration, robustness, latency, cost, attribution agreement, and honest
+estimates of noise."""
 
 from .api import (
     LOGIT_METRICS,
@@ -9,6 +10,7 @@ from .api import (
     model_logits,
     onnx_logits,
 )
+from .attribution import StageAgreement, agreement, attribution_agreement, attribution_maps, spearman
 from .calibration import CalibrationBins, calibration_bins, expected_calibration_error
 from .compare import (
     ClassChange,
@@ -24,7 +26,15 @@ from .fit import check_fits
 from .latency import LatencyResult, measure_latency
 from .metrics import METRICS, confusion_matrix, per_class_accuracy, per_class_f1
 from .robustness import CORRUPTIONS, RobustnessResult, corrupt, robustness
-from .splits import SplitEstimate, cross_validate, data_ratios, ratios_table, repeated_subsampling
+from .splits import (
+    SplitEstimate,
+    cross_validate,
+    data_ratios,
+    kfold_scores,
+    ratios_table,
+    repeated_subsampling,
+    subsample_scores,
+)
 from .stats import BootstrapInterval, McNemarResult, Spread, bootstrap_ci, mcnemar, spread, t_interval
 
 __all__ = [
@@ -43,6 +53,10 @@ __all__ = [
     "RobustnessResult",
     "SplitEstimate",
     "Spread",
+    "StageAgreement",
+    "agreement",
+    "attribution_agreement",
+    "attribution_maps",
     "bootstrap_ci",
     "calibration_bins",
     "check_fits",
@@ -58,6 +72,7 @@ __all__ = [
     "evaluate_full",
     "expected_calibration_error",
     "file_size",
+    "kfold_scores",
     "logits_fn",
     "mcnemar",
     "measure_latency",
@@ -72,6 +87,8 @@ __all__ = [
     "ratios_table",
     "repeated_subsampling",
     "robustness",
+    "spearman",
     "spread",
+    "subsample_scores",
     "t_interval",
 ]

@@ -10,6 +10,11 @@ pipeline plugs in. When ``fit`` accepts a ``seed`` keyword it also receives the 
 runs on identical data (the 100% ratio) still differ in initialisation. Models are scored by
 ``score(model, test) -> {metric: value}``, by default :func:`distiq.evaluate.evaluate` with
 ``metrics``.
+
+:func:`subsample_scores` and :func:`kfold_scores` are the no-refit forms for a finished model: its
+predictions on a test set scored on repeated stratified subsamples or on k stratified folds of that
+set (index draws by scikit-learn's ``StratifiedShuffleSplit`` and ``StratifiedKFold``), so the
+interval says how much the test number moves with the draw of the test set.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.data.sampling import kfold, split, subsample
 
-from .stats import Spread, spread
+from .metrics import METRICS, confusion_matrix
+from .stats import Spread, int_array, spread
 
 Fit = Callable[..., Any]
 Score = Callable[[Any, ArrayDataset], Mapping[str, float]]
@@ -183,3 +192,73 @@ def ratios_table(estimates: Mapping[float, SplitEstimate], metric: str = "accura
         ci = "n/a" if s.ci_low is None else f"{s.ci_low:.4f} .. {s.ci_high:.4f}"
         rows.append(f"| {ratio:g} | {est.runs[0]['n_train']} | {s.mean:.4f} ± {std} | {ci} |")
     return "\n".join(rows)
+
+
+def _scored(
+    method: str,
+    parts: Sequence[np.ndarray],
+    pred: np.ndarray,
+    target: np.ndarray,
+    metrics: Sequence[str],
+    settings: dict[str, Any],
+    confidence: float,
+) -> SplitEstimate:
+    """One run per index set: ``metrics`` of the fixed predictions on those samples."""
+    k = int(max(pred.max(), target.max())) + 1
+    est = SplitEstimate(method=method, settings=settings)
+    for i, idx in enumerate(parts):
+        cm = confusion_matrix(torch.from_numpy(pred[idx]), torch.from_numpy(target[idx]), k)
+        est.runs.append({**{m: float(METRICS.get(m)(cm)) for m in metrics}, "split": i, "n_test": len(idx)})
+    est.summary = {m: spread([r[m] for r in est.runs], confidence) for m in metrics}
+    return est
+
+
+def subsample_scores(
+    pred: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    *,
+    repeats: int = 10,
+    fraction: float = 0.5,
+    seed: int = 0,
+    metrics: Sequence[str] = ("accuracy",),
+    confidence: float = 0.95,
+) -> SplitEstimate:
+    """A finished model's predictions scored on ``repeats`` stratified subsamples of the test set.
+
+    Each subsample keeps ``fraction`` of the samples with the class proportions of the whole
+    (``StratifiedShuffleSplit(repeats, train_size=fraction, random_state=seed)``). The subsamples
+    overlap, so the interval is about the draw of a test set of that size, not an independent
+    replication.
+
+    Raises:
+        ValueError: Fewer than 2 repeats, or a fraction leaving fewer samples than classes.
+    """
+    p, y = int_array(pred), int_array(target)
+    if repeats < 2:
+        raise ValueError(f"repeats must be >= 2 for an interval, got {repeats}")
+    draws = StratifiedShuffleSplit(n_splits=repeats, train_size=fraction, random_state=seed)
+    parts = [idx for idx, _ in draws.split(np.zeros(len(y)), y)]
+    settings = {"repeats": repeats, "fraction": fraction, "seed": seed, "n": len(y)}
+    return _scored("subsampling", parts, p, y, metrics, settings, confidence)
+
+
+def kfold_scores(
+    pred: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    *,
+    k: int = 5,
+    seed: int = 0,
+    metrics: Sequence[str] = ("accuracy",),
+    confidence: float = 0.95,
+) -> SplitEstimate:
+    """A finished model's predictions scored on each of ``k`` stratified folds of the test set
+    (``StratifiedKFold(k, shuffle=True, random_state=seed)``): disjoint parts, every sample once.
+
+    Raises:
+        ValueError: ``k`` below 2 or above the number of samples.
+    """
+    p, y = int_array(pred), int_array(target)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    parts = [idx for _, idx in folds.split(np.zeros(len(y)), y)]
+    settings = {"k": k, "seed": seed, "n": len(y)}
+    return _scored("kfold", parts, p, y, metrics, settings, confidence)

@@ -86,8 +86,11 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         raise ValueError(f"a confidence interval needs at least 2 values, got {len(x)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    half = sstats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean() - half), float(x.mean() + half)
+    sem = x.std(ddof=1) / math.sqrt(len(x))
+    if sem == 0:  # identical values: scipy's interval is undefined (NaN) at scale 0, the width is 0
+        return float(x.mean()), float(x.mean())
+    lo, hi = sstats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
+    return float(lo), float(hi)
 
 
 def spread(values: Sequence[float], confidence: float = 0.95) -> Spread:

@@ -100,6 +100,39 @@ class QuantizeStageSpec(QuantizeSpec, CalibrationSample):
     calib_repeats: int = Field(3, ge=0, description="Calibration subsets for the calibration-set spread.")
 
 
+class SubsampleSpec(Strict):
+    """Repeated stratified subsamples of the test split: how much a stage's accuracy moves by the draw."""
+
+    repeats: int = Field(10, ge=2, description="Subsamples drawn (seeds seed, seed+1, ...).")
+    fraction: float = Field(0.5, gt=0, lt=1, description="Share of the test split in each subsample.")
+
+
+class KFoldSpec(Strict):
+    """The test split cut into ``k`` stratified folds, each stage scored on every fold."""
+
+    k: int = Field(5, ge=2, description="Number of folds.")
+
+
+class SplitsSpec(Strict):
+    """Accuracy as mean, std and 95% interval over several cuts of the data (each part optional)."""
+
+    subsample: SubsampleSpec | None = None
+    kfold: KFoldSpec | None = None
+    ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=list,
+        description="Shares of the training (transfer) data the distill stage is re-run on, the student "
+        "then scored on the test split; needs a distill: section.",
+    )
+
+
+class AttributionSpec(Strict):
+    """Whether each later stage looks at the same pixels as the teacher (Captum attribution maps)."""
+
+    samples: int = Field(32, ge=1, description="Test images (a stratified draw, the same for every stage).")
+    method: Literal["integrated-gradients", "saliency"] = "integrated-gradients"
+    steps: int = Field(32, ge=1, description="Integration steps of integrated gradients.")
+
+
 class EvaluateSpec(Strict):
     """What to measure on the test split for every stage."""
 
@@ -113,6 +146,8 @@ class EvaluateSpec(Strict):
     )
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the accuracy CI (0: none).")
     threads: int = Field(2, ge=1)
+    splits: SplitsSpec | None = Field(None, description="Interval estimates over data cuts; None: off.")
+    attribution: AttributionSpec | None = Field(None, description="Attribution agreement; None: off.")
 
 
 def _calibrator(name: str) -> str:

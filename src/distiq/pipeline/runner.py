@@ -34,6 +34,7 @@ from .rundir import (
     write_recipe,
 )
 from .search import run_search
+from .splits import check_extras, evaluate_extras
 from .stages import RunState, StageOutput, recipe_code, reload_output, run_distill, run_teacher
 from .validate import check_recipe
 
@@ -134,6 +135,7 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
     notes: list[str] = []
     dataset, train, val, test = load_data(recipe, notes)
     check_recipe(recipe, train)  # every name and layer, before any stage writes or trains
+    check_extras(recipe)
     state = RunState(recipe, run_dir, dataset, train, val, test, notes=notes)
     write_recipe(run_dir, recipe.model_dump(mode="json"))
     info = {
@@ -148,8 +150,8 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
         "stages": [],
     }
     data_key = recipe.data.model_dump(mode="json") | {"seed": recipe.seed} | data_contents(recipe, dataset)
-    eval_key = recipe.evaluate.model_dump(mode="json")
-    previous, records, teacher_pred = "", [], None
+    eval_key = recipe.evaluate.model_dump(mode="json", exclude={"splits", "attribution"})  # not per stage
+    previous, records, models, teacher_pred = "", [], [], None
     for index, (kind, spec, fn) in enumerate(plan(recipe)):
         key = stage_key(kind, spec.model_dump(mode="json"), previous, data_key, spec_files(spec))
         stage_dir = f"stages/{index:02d}-{kind}"
@@ -189,8 +191,10 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
         if isinstance(model, nn.Module):
             state.float_model, state.float_onnx = model, onnx
         records.append(record)
+        models.append(model)
         info["stages"] = [r.to_dict() for r in records]
         write_json_atomic(run_dir / "run.json", info)
+    info |= evaluate_extras(state, records, models)  # evaluate.splits and .attribution, when asked
     info["finished"] = now()
     write_json_atomic(run_dir / "run.json", info)
     _summarise(records)

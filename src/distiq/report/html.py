@@ -33,6 +33,7 @@ from .quanttables import (
     search_stage_sentence,
     unrecorded_int8_stages,
 )
+from .splitplots import ATTRIBUTION, SPLITS, Table, attribution_chapter, splits_chapter
 from .summary import (
     DASH,
     EXTRA_METRICS,
@@ -268,6 +269,16 @@ def _quant_details(run: Run) -> str:
     return "".join(out)
 
 
+def _chapter(blocks: list[str | Table]) -> str:
+    """A chapter's paragraphs and tables (:mod:`distiq.report.splitplots`)."""
+    return "".join(
+        f"<p>{escape(b)}</p>"
+        if isinstance(b, str)
+        else f"<h4>{escape(b.heading)}</h4>" + _table(b.header, _escaped(b.rows))
+        for b in blocks
+    )
+
+
 def _escaped(rows: list[list[str]]) -> list[list[str]]:
     return [[escape(c) for c in row] for row in rows]
 
@@ -362,6 +373,8 @@ def render_html(run: Run, plots: list[Plot]) -> str:
     extras = {
         "Quantization": _quant_details(run),
         "Budget search": _search_details(run) if run.search else "",
+        SPLITS: _chapter(splits_chapter(run)),
+        ATTRIBUTION: _chapter(attribution_chapter(run)),
     }
     for name in SECTIONS:
         figs = "".join(_figure(p) for p in by_section.get(name, []))

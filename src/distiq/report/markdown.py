@@ -24,6 +24,7 @@ from .quanttables import (
     search_stage_sentence,
     unrecorded_int8_stages,
 )
+from .splitplots import ATTRIBUTION, SPLITS, Table, attribution_chapter, splits_chapter
 from .summary import (
     EXTRA_METRICS,
     Run,
@@ -108,6 +109,17 @@ def _search(run: Run, scale: float) -> list[str]:
     return lines
 
 
+CHAPTERS = {SPLITS: splits_chapter, ATTRIBUTION: attribution_chapter}
+"""Chapters of text and tables beside their charts (:mod:`distiq.report.splitplots`)."""
+
+
+def _chapter(blocks: list[str | Table]) -> list[str]:
+    lines: list[str] = []
+    for b in blocks:
+        lines += [b, ""] if isinstance(b, str) else [f"{b.heading}:", ""] + _table(b.header, b.rows)
+    return lines
+
+
 def render_markdown(run: Run, plots: list[Plot]) -> str:
     """``report.md``: images are referenced as ``<key>.png`` in the same folder."""
     scale = accuracy_scale(run)
@@ -133,6 +145,8 @@ def render_markdown(run: Run, plots: list[Plot]) -> str:
             chapter += [f"![{p.title}]({p.key}.png)", "", f"*{p.title}.* {p.caption}", ""]
         if name == "Quantization":
             chapter += _quantization(run)
+        if name in CHAPTERS:
+            chapter += _chapter(CHAPTERS[name](run))
         if name == "Budget search" and run.search is not None:
             chapter += _search(run, scale)
         if chapter:

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .plotstyle import ACCENT, BAD, GOOD, log_if_wide, png, stage_color, styled
 from .quantplots import MAX_HISTOGRAMS, histograms, sensitivity, sqnr
+from .splitplots import ATTRIBUTION, SPLITS, split_figures
 from .summary import (
     Run,
     accuracy_scale,
@@ -30,7 +31,7 @@ from .summary import (
     trials,
 )
 
-SECTIONS = ("Trade-offs", "Training", "Quantization", "Evaluation", "Budget search")
+SECTIONS = ("Trade-offs", "Training", "Quantization", "Evaluation", SPLITS, ATTRIBUTION, "Budget search")
 """The report's chapters in page order; every :class:`Plot` names one of them."""
 
 
@@ -362,4 +363,6 @@ def figures(run: Run) -> list[Plot]:
         "line the lowest validation accuracy the budget accepts.",
         search(run),
     )
+    for chart in split_figures(run):
+        add(*chart)
     return plots
