@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +25,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import distiq as dq  # noqa: E402
 from distiq.data import split, subsample  # noqa: E402
 from distiq.evaluate.latency import export_for_timing  # noqa: E402
 from distiq.prune import prune, sparse, sparsity_table  # noqa: E402
+from distiq.runtime import time_files  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 RUN = OUT / "prune"
@@ -172,31 +170,16 @@ def lenet_section(args, train, val, test, md: list[str], figs: dict) -> dict:
 
 
 def interleaved_latency(models: dict, batch: int, threads: int, runs: int) -> dict[str, float]:
-    """Median ms per batch for each model, runs interleaved so machine noise hits all alike."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sessions = {}
+    """Median ms per batch for each model (module or ONNX file), timed together by distiq's one timer."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models.items():
-            path = Path(tmp) / f"{len(sessions)}.onnx"
-            if isinstance(model, Path):
-                path = model
-            else:
-                export_for_timing(model, (1, 28, 28), path)
-            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
-    times: dict[str, list[float]] = {n: [] for n in sessions}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {s.get_inputs()[0].name: x})
-    for r in range(runs):
-        order = list(sessions.items())
-        for name, s in order[r % len(order) :] + order[: r % len(order)]:
-            t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: x})
-            times[name].append(time.perf_counter() - t)
-    return {n: 1e3 * statistics.median(v) for n, v in times.items()}
+        paths = {
+            name: model
+            if isinstance(model, Path)
+            else export_for_timing(model, (1, 28, 28), Path(tmp) / f"{i}.onnx")
+            for i, (name, model) in enumerate(models.items())
+        }
+        timed = time_files(paths, (batch,), threads=threads, rounds=runs)[batch]
+    return {name: r.p50_ms for name, r in timed.items()}
 
 
 def cnn_section(args, train, val, test, md: list[str], figs: dict) -> dict:

@@ -48,6 +48,7 @@ import distiq as dq
 from distiq.data import split, subsample
 from distiq.engine.weights import load_model
 from distiq.quant import TARGETS, compare_latency, cpu_info, deploy_check, export_onnx, kernels, quantize
+from distiq.quant.deploy import onnx_outputs
 
 OUT = Path(__file__).parent / "out"
 WORK = OUT / "quant"
@@ -58,10 +59,7 @@ COUNTERPART = {"minmax": "MinMax", "percentile": "Percentile", "kl": "Entropy"}
 
 
 def ort_logits(path: Path, x: torch.Tensor) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i : i + 1000].numpy()})[0] for i in range(0, len(x), 1000)]
-    return np.concatenate(outs)
+    return onnx_outputs(path, x, batch_size=1000).numpy()
 
 
 def sim_logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

@@ -126,3 +126,19 @@ def test_stage_folder_is_kept_for_the_same_inputs_and_emptied_for_others(tmp_pat
     claim_stage_dir(stage, "bbb")  # other inputs: a stale checkpoint must not be resumed
     assert not (stage / "checkpoint").exists()
     assert (stage / "key.txt").read_text() == "bbb"
+
+
+def test_stages_are_timed_together_at_the_end_of_every_run(tmp_path):
+    recipe = quick_recipe() | {"evaluate": {"latency": True, "robustness": False, "bootstrap": 0}}
+    first = pipeline.run(recipe, tmp_path)
+    again = pipeline.run(recipe, tmp_path)
+    assert [s.skipped for s in again.stages] == [True, True]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["latency"]["rounds"] == 20 and info["latency"]["batch_sizes"] == [1, 256]
+    for old, new in zip(first.stages, again.stages, strict=True):
+        # reused stages are timed afresh, beside the others, not carried over from the first run
+        assert new.metrics["latency_ms_p50"] != old.metrics["latency_ms_p50"]
+        assert 0 < new.metrics["latency_ms_p50"] <= new.metrics["latency_ms_p95"]
+        assert new.metrics["throughput"] == pytest.approx(256 / (new.metrics["latency_ms_batch256"] / 1e3))
+    on_disk = json.loads((tmp_path / again.stages[1].dir / "stage.json").read_text())
+    assert on_disk["metrics"]["latency_ms_p50"] == again.stages[1].metrics["latency_ms_p50"]

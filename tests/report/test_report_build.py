@@ -117,11 +117,19 @@ def test_history_jsonl_fallback_skips_a_torn_line(synthetic_run):
 
 
 def test_partial_run_renders_what_is_there(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"name": "half <done>", "stages": [{"name": "teacher"}]}))
+    stage = {"name": "teacher", "kind": "teacher", "dir": "stages/00-teacher", "key": "k0"}  # no metrics yet
+    (tmp_path / "run.json").write_text(json.dumps({"name": "half <done>", "stages": [stage]}))
     paths = build_report(tmp_path)
     html = paths["html"].read_text()
     assert "half &lt;done&gt;" in html and "<done>" not in html  # names are escaped
     assert "<img" not in html and set(paths) == {"html", "markdown", "json"}
+
+
+def test_a_record_distiq_did_not_write_is_one_line_naming_the_field(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"name": "x", "stages": [{"name": "teacher", "kind": "t"}]}))
+    with pytest.raises(DataError, match=r"run\.json: stages\.0\.dir: Field required; stages\.0\.key") as e:
+        build_report(tmp_path)
+    assert "\n" not in str(e.value)
 
 
 def test_stale_charts_are_removed(fresh_run):
@@ -164,7 +172,7 @@ def test_budget_threshold_hand_worked():
 
 def test_cli_rebuilds_and_prints_the_path(tmp_path, capsys):
     (tmp_path / "run.json").write_text(
-        json.dumps({"name": "cli", "stages": [{"name": "t", "kind": "teacher"}]})
+        json.dumps({"name": "cli", "stages": [{"name": "t", "kind": "teacher", "dir": "s/t", "key": "k"}]})
     )
     assert main(["report", str(tmp_path)]) == 0
     out, _ = capsys.readouterr()

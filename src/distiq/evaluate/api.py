@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distiq import runtime
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.engine.batches import iterate_batches, predict_logits
 from distiq.errors import DataError, DistiqError
@@ -58,36 +59,17 @@ def onnx_logits(path: str | os.PathLike[str], data: ArrayDataset, batch_size: in
 
 
 def _onnx_runner(path: str | os.PathLike[str], batch_size: int) -> Callable[[ArrayDataset], torch.Tensor]:
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: ONNX file not found")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types for bad files
-        raise DataError(f"{path}: ONNX Runtime cannot load it ({_one_line(e)})") from None
+    session = runtime.session(path, threads=0)
     if not session.get_inputs() or not session.get_outputs():
         raise DataError(f"{path}: the ONNX graph has no inputs or no outputs; expected a classifier")
-    first = session.get_inputs()[0]
 
     def run(data: ArrayDataset) -> torch.Tensor:
-        try:
-            batches = iterate_batches(data, batch_size)
-            outs = [session.run(None, {first.name: x.numpy()})[0] for x, _, _ in batches]
-        except Exception as e:  # a graph that does not fit the data: wrong input shape, type or sizes
-            raise DataError(
-                f"{path}: ONNX Runtime cannot run it on inputs {list(data.input_shape)} "
-                f"(the file expects {first.type} {first.shape}): {_one_line(e)}"
-            ) from None
+        outs = [
+            runtime.run_checked(session, x.numpy(), path) for x, _, _ in iterate_batches(data, batch_size)
+        ]
         return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0)
 
     return run
-
-
-def _one_line(error: Exception) -> str:
-    """ORT's messages span lines; the command line prints one."""
-    return " ".join(str(error).split())
 
 
 def logits_fn(model: Model, batch_size: int = 256) -> Callable[[ArrayDataset], torch.Tensor]:

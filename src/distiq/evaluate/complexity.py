@@ -27,7 +27,7 @@ class Complexity:
     """Size and cost of a model.
 
     Attributes:
-        parameters: Number of parameter elements (ONNX: elements of the graph's initializers).
+        parameters: Number of parameter elements (ONNX: elements of the graph's non-int64 initializers).
         macs: Multiply-accumulates of Conv and Linear (ONNX: Conv, Gemm, MatMul and their
             quantized forms) for one sample.
         macs_per_layer: MACs by layer (module path, or ONNX node name).
@@ -145,7 +145,8 @@ def onnx_complexity(path: str | os.PathLike[str]) -> Complexity:
         raise DataError(f"{path}: not a readable ONNX file ({e})") from None
     graph = proto.graph
     inits = {t.name: tuple(t.dims) for t in graph.initializer}
-    params = sum(math.prod(d) for d in inits.values())
+    # int64 initializers are shapes and axes (a Reshape's target, a Flatten's), not learned weights
+    params = sum(math.prod(t.dims) for t in graph.initializer if t.data_type != onnx.TensorProto.INT64)
     for inp in graph.input:  # per sample: batch 1
         dims = inp.type.tensor_type.shape.dim
         if dims and inp.name not in inits:

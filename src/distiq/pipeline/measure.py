@@ -19,10 +19,10 @@ from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.calibration import expected_calibration_error
 from distiq.evaluate.compare import compare_predictions
 from distiq.evaluate.complexity import onnx_complexity
-from distiq.evaluate.latency import measure_latency
 from distiq.evaluate.metrics import accuracy, confusion_matrix, f1_macro, per_class_f1
 from distiq.evaluate.robustness import robustness
 from distiq.evaluate.stats import bootstrap_ci
+from distiq.runtime import time_files
 
 from .recipe import EvaluateSpec
 
@@ -46,7 +46,7 @@ def measure(
         model: The stage's model: a module, or the ONNX file itself for quantized stages.
         onnx_path: The ONNX file whose size and latency represent the stage.
         test: Held-out data, never used for tuning.
-        spec: What to measure (latency, robustness, bootstrap resamples, threads).
+        spec: What to measure (robustness, bootstrap resamples); latency is :func:`retime`'s.
         teacher_pred: The teacher's top-1 predictions on ``test``, for agreement.
         seed: Seed of the bootstrap and corruptions.
     """
@@ -74,14 +74,6 @@ def measure(
     if spec.bootstrap:
         ci = bootstrap_ci(pred, test.y, "accuracy", n_resamples=spec.bootstrap, seed=seed)
         metrics["ci95"] = [ci.low, ci.high]
-    if spec.latency:
-        one, big = measure_latency(onnx_path, batch_sizes=(1, 256), threads=spec.threads, runs=20)
-        metrics.update(
-            latency_ms_p50=one.p50_ms,
-            latency_ms_p95=one.p95_ms,
-            latency_ms_batch256=big.p50_ms,
-            throughput=big.throughput,
-        )
     if spec.robustness:
         shown = test
         if spec.robustness_samples is not None and spec.robustness_samples < len(test):
@@ -90,3 +82,38 @@ def measure(
         metrics["robustness"] = rob.accuracy
         metrics["robustness_samples"] = len(shown)
     return metrics
+
+
+#: Batch sizes every stage is timed at: one request, and a throughput batch.
+LATENCY_BATCHES = (1, 256)
+
+
+def retime(files: dict[str, Path], metrics: dict[str, dict], spec: EvaluateSpec, rounds: int = 20) -> dict:
+    """Time every stage's ONNX file in one interleaved measurement and write the latencies into each
+    stage's ``metrics``; return how they were measured (for ``run.json``).
+
+    Why at the end and together: stages run minutes apart (or are reused from an earlier run), and a
+    machine's load changes in minutes, so per-stage timings would compare the load, not the models;
+    interleaved rounds give every file the same conditions and the speed ratios one measurement.
+
+    Args:
+        files: Stage name -> its ONNX file (same input).
+        metrics: Stage name -> its metrics dict, updated in place.
+        spec: ``threads`` of the sessions.
+        rounds: Timed rounds per batch size.
+    """
+    timed = time_files(files, LATENCY_BATCHES, threads=spec.threads, rounds=rounds)
+    one, big = timed[LATENCY_BATCHES[0]], timed[LATENCY_BATCHES[-1]]
+    for name in files:
+        metrics[name].update(
+            latency_ms_p50=one[name].p50_ms,
+            latency_ms_p95=one[name].p95_ms,
+            latency_ms_batch256=big[name].p50_ms,
+            throughput=big[name].throughput,
+        )
+    return {
+        "batch_sizes": list(LATENCY_BATCHES),
+        "threads": spec.threads,
+        "rounds": rounds,
+        "method": "every stage's ONNX file timed together at the end of the run, in interleaved rounds",
+    }

@@ -16,7 +16,6 @@ import hashlib
 import json
 import platform
 import shutil
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,32 +23,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from distiq.errors import DataError
 from distiq.fingerprint import path_sha256
-from distiq.io import write_bytes_atomic, write_json_atomic
+from distiq.io import write_bytes_atomic
+from distiq.record import StageRecord, read_stage, write_stage
 
 RECIPE_FILE = "run-recipe.yaml"
 LEGACY_RECIPE_FILE = "recipe.yaml"  # what distiq wrote before; still written where it is distiq's
 _WRITTEN_BY = "# written by distiq run: the validated recipe of this run (also in run-recipe.yaml)\n"
-
-
-@dataclass
-class StageRecord:
-    """What one stage did and measured (the report reads these)."""
-
-    name: str
-    kind: str
-    dir: str
-    key: str
-    seconds: float = 0.0
-    skipped: bool = False
-    metrics: dict[str, Any] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    quant: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def stage_key(kind: str, spec: Any, previous: str, data: Any, files: dict[str, str] | None = None) -> str:
@@ -98,30 +79,15 @@ def _written_by_distiq(path: Path) -> bool:
 
 def load_stage(run_dir: Path, stage_dir: str, key: str) -> StageRecord | None:
     """The recorded stage if it was finished with the same key and its artifacts exist."""
-    path = run_dir / stage_dir / "stage.json"
-    if not path.is_file():
-        return None
     try:
-        record = StageRecord(**json.loads(path.read_bytes()))
-    except (OSError, ValueError, TypeError):
-        return None  # an unreadable record means "not done": the stage runs again
-    if not _well_formed(record) or record.key != key:
+        record = read_stage(run_dir / stage_dir)
+    except DataError:
+        return None  # no record, or not one distiq wrote, means "not done": the stage runs again
+    if record.key != key or "onnx" not in record.artifacts:
         return None
     if not all((run_dir / a).exists() for a in record.artifacts.values()):
         return None
     return record
-
-
-def _well_formed(record: StageRecord) -> bool:
-    """Whether a record read back has the types the runner relies on (else: "not done")."""
-    mappings = (record.metrics, record.quant, record.extra, record.artifacts)
-    return (
-        isinstance(record.key, str)
-        and all(isinstance(m, dict) for m in mappings)
-        and all(isinstance(a, str) for a in record.artifacts.values())
-        and isinstance(record.history, list)
-        and "onnx" in record.artifacts
-    )
 
 
 def claim_stage_dir(stage_dir: Path, key: str) -> None:
@@ -140,7 +106,7 @@ def claim_stage_dir(stage_dir: Path, key: str) -> None:
 
 def save_stage(run_dir: Path, record: StageRecord) -> None:
     """Write the stage's record last, so its presence means the stage finished."""
-    write_json_atomic(run_dir / record.dir / "stage.json", record.to_dict())
+    write_stage(run_dir, record)
 
 
 def versions() -> dict[str, str]:

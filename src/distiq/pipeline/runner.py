@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -15,12 +14,12 @@ from torch import nn
 from distiq import data as dqdata
 from distiq.errors import DataError
 from distiq.fingerprint import data_fingerprint
-from distiq.io import write_json_atomic
 from distiq.lock import hold_folder
 from distiq.quant.target import cpu_info
+from distiq.record import RunRecord, read_run, write_run
 
 from .compress import run_prune, run_quantize
-from .measure import logits_of, measure
+from .measure import logits_of, measure, retime
 from .recipe import Recipe, load_recipe
 from .rundir import (
     StageRecord,
@@ -138,17 +137,15 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
     check_extras(recipe)
     state = RunState(recipe, run_dir, dataset, train, val, test, notes=notes)
     write_recipe(run_dir, recipe.model_dump(mode="json"))
-    info = {
-        "name": recipe.name,
-        "recipe": recipe.model_dump(mode="json"),
-        "versions": versions(),
-        "cpu": cpu_info(),  # every latency and int8 accuracy figure of this run was measured on it
-        "dataset": dataset,
-        "started": now(),
-        "finished": None,
-        "notes": notes,
-        "stages": [],
-    }
+    info = RunRecord(
+        name=recipe.name,
+        recipe=recipe.model_dump(mode="json"),
+        versions=versions(),
+        cpu=cpu_info(),  # every latency and int8 accuracy figure of this run was measured on it
+        dataset=dataset,
+        started=now(),
+        notes=notes,
+    )
     data_key = recipe.data.model_dump(mode="json") | {"seed": recipe.seed} | data_contents(recipe, dataset)
     eval_key = recipe.evaluate.model_dump(mode="json", exclude={"splits", "attribution"})  # not per stage
     previous, records, models, teacher_pred = "", [], [], None
@@ -183,7 +180,7 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
             record.extra["eval_key"] = eval_key
         save_stage(run_dir, record)
         if "search" in record.extra:
-            info["search"] = record.extra["search"]
+            info.search = record.extra["search"]
         if kind == "teacher":
             state.teacher, state.teacher_onnx = model, onnx
             teacher_pred = logits_of(model, test).argmax(1)
@@ -192,13 +189,24 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> RunResult:
             state.float_model, state.float_onnx = model, onnx
         records.append(record)
         models.append(model)
-        info["stages"] = [r.to_dict() for r in records]
-        write_json_atomic(run_dir / "run.json", info)
-    info |= evaluate_extras(state, records, models)  # evaluate.splits and .attribution, when asked
-    info["finished"] = now()
-    write_json_atomic(run_dir / "run.json", info)
+        info.stages = records
+        write_run(run_dir, info)
+    if recipe.evaluate.latency:
+        info.latency = _retime(run_dir, records, recipe)
+    info.splits, info.attribution = evaluate_extras(state, records, models)  # when the recipe asks
+    info.finished = now()
+    write_run(run_dir, info)
     _summarise(records)
     return RunResult(run_dir, records, dataset)
+
+
+def _retime(run_dir: Path, records: list[StageRecord], recipe: Recipe) -> dict:
+    """All stages timed together (:func:`retime`), each stage record saved with its latencies."""
+    files = {r.dir: run_dir / r.artifacts["onnx"] for r in records}
+    how = retime(files, {r.dir: r.metrics for r in records}, recipe.evaluate)
+    for r in records:
+        save_stage(run_dir, r)
+    return how
 
 
 def _summarise(records: list[StageRecord]) -> None:
@@ -222,14 +230,5 @@ def _summarise(records: list[StageRecord]) -> None:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> dict:
-    """The ``run.json`` of a run directory."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise DataError(f"{path}: not a distiq run directory (run.json missing)")
-    try:
-        info = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not readable as a run record ({e})") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: not readable as a run record (not a JSON object)")
-    return info
+    """The ``run.json`` of a run directory, as a dict (:func:`distiq.record.read_run` for the record)."""
+    return read_run(run_dir).to_dict()

@@ -50,15 +50,16 @@ def check_extras(recipe: Recipe) -> None:
         )
 
 
-def evaluate_extras(state: RunState, records: list[StageRecord], models: list[Model]) -> dict:
-    """The run.json entries ``"splits"`` and ``"attribution"`` the recipe asks for (none: ``{}``)."""
+def evaluate_extras(
+    state: RunState, records: list[StageRecord], models: list[Model]
+) -> tuple[dict | None, dict | None]:
+    """The run record's ``splits`` and ``attribution`` (None for those the recipe does not ask for)."""
     spec = state.recipe.evaluate
-    out: dict = {}
-    if spec.splits is not None:
-        out["splits"] = _splits(spec.splits, state, records, models)
+    splits = _splits(spec.splits, state, records, models) if spec.splits is not None else None
+    attribution = None
     if spec.attribution is not None:
-        out["attribution"] = _attribution(spec.attribution, state, records, models)
-    return out
+        attribution = _attribution(spec.attribution, state, records, models)
+    return splits, attribution
 
 
 def _intervals(spec: SplitsSpec, model: Model, state: RunState) -> dict:

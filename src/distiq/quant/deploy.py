@@ -12,9 +12,7 @@ int8 sessions, interleaved so that load on a shared machine hits both alike.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distiq import runtime
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.engine.batches import predict_logits
 from distiq.errors import DataError
@@ -172,7 +171,6 @@ def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
     ORT optimises the graph (extended level: the QDQ fusions, without hardware-specific layout
     changes) and writes it out; nodes whose output survives under an integer op count as integer.
     """
-    import onnxruntime as ort
 
     model = read_onnx(path)
     graph = model.graph
@@ -183,14 +181,9 @@ def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        try:
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types for bad files
-            raise DataError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(e).split())})") from None
-        optimized = onnx.load(options.optimized_model_filepath)
+        optimized_path = Path(tmp) / "optimized.onnx"
+        runtime.session(path, threads=1, opt_level="extended", optimized_path=optimized_path)
+        optimized = onnx.load(str(optimized_path))
     result = []
     dynamic = {n.output[0] for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger")}
     for node in graph.node:
@@ -229,19 +222,6 @@ def _runtime_op(node: onnx.NodeProto, producers: dict, consumers: dict, optimize
     return next((runtime[n] for n in seen if n in runtime), "fused")
 
 
-def _session(path: str | os.PathLike[str], threads: int):
-    """An ORT CPU session; ``threads=0`` lets ORT choose."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle worker threads otherwise spin after each run, stealing the CPU from the next session timed.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def compare_latency(
     paths: dict[str, str | os.PathLike[str]],
     batch_sizes: tuple[int, ...] = (1, 256),
@@ -267,45 +247,19 @@ def compare_latency(
         seconds: Stop a batch size's rounds early after this long (at least 5 rounds are kept).
         seed: Seed of the random input.
     """
-    sessions = {label: _session(p, threads) for label, p in paths.items()}
-    first = next(iter(sessions.values()))
-    meta = first.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in meta.shape[1:]]
-    rng = np.random.default_rng(seed)
-    out: dict[int, dict[str, float]] = {}
-    for batch in batch_sizes:
-        x = rng.random((batch, *shape), dtype=np.float32)
-        times: dict[str, list[float]] = {label: [] for label in sessions}
-        start = time.perf_counter()
-        labels = list(sessions)
-        for r in range(warmup + repeats):
-            for i in range(len(labels)):
-                label = labels[(i + r) % len(labels)]
-                sess = sessions[label]
-                t0 = time.perf_counter()
-                sess.run(None, {sess.get_inputs()[0].name: x})
-                if r >= warmup:
-                    times[label].append(time.perf_counter() - t0)
-            if seconds is not None and r >= warmup + 5 and time.perf_counter() - start > seconds:
-                break
-        out[batch] = {label: 1e3 * statistics.median(t) for label, t in times.items()}
-    return out
+    timed = runtime.time_files(
+        paths, batch_sizes, threads=threads, rounds=repeats, warmup=warmup, seconds=seconds, seed=seed
+    )
+    return {batch: {label: r.p50_ms for label, r in row.items()} for batch, row in timed.items()}
 
 
 def onnx_outputs(path: str | os.PathLike[str], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """First output of an ONNX file run by ORT's CPU provider on ``x``, in batches."""
-    session = _session(path, threads=0)
-    first = session.get_inputs()[0]
-    try:
-        outs = [
-            session.run(None, {first.name: x[i : i + batch_size].numpy()})[0]
-            for i in range(0, len(x), batch_size)
-        ]
-    except Exception as e:  # ORT's own types: a file made for other inputs (shape, type) than the data
-        raise DataError(
-            f"{path}: ONNX Runtime cannot run it on inputs {list(x.shape[1:])} (the file expects "
-            f"{first.type} {first.shape}): {' '.join(str(e).split())}"
-        ) from None
+    session = runtime.session(path, threads=0)
+    outs = [
+        runtime.run_checked(session, x[i : i + batch_size].numpy(), path)
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.from_numpy(np.concatenate(outs))
 
 

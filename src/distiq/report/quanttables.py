@@ -79,10 +79,17 @@ def cpu_sentence(run: Run) -> str | None:
     cpu = run.info.get("cpu")
     if not isinstance(cpu, dict) or not cpu.get("target"):
         return None
-    return (
+    sentence = (
         f"Latency and int8 accuracy measured on {cpu.get('model') or 'an unnamed CPU'} "
         f"(int8 path {cpu['target']}) with ONNX Runtime; other CPUs run other integer kernels."
     )
+    timing = run.info.get("latency")
+    if isinstance(timing, dict) and timing.get("rounds"):
+        sentence += (
+            f" All stages were timed together at the end of the run ({timing['rounds']} interleaved rounds, "
+            f"{timing.get('threads', '?')} threads), so their speed ratios come from one measurement."
+        )
+    return sentence
 
 
 def runtime_lines(q: dict[str, Any]) -> list[str]:

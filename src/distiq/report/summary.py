@@ -2,8 +2,8 @@
 
 Why a module of its own: the HTML page, the Markdown file and ``report.json`` must agree to the
 digit, so the stage table, the teacher baseline and the number formats are computed here once.
-Every field of ``run.json`` is optional except the file itself: a report of a half-finished run
-(no search, no quantization, a stage without metrics) renders what is there and skips the rest.
+``run.json`` is read through :mod:`distiq.record`'s schema; within it a half-finished run (no search,
+no quantization, a stage without metrics yet) renders what is there and skips the rest.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distiq.errors import DataError
+from distiq.record import read_run
 
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -80,38 +79,23 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Parse ``RUN_DIR/run.json``.
+    """Parse ``RUN_DIR/run.json`` (:func:`distiq.record.read_run`: the schema the pipeline writes).
+
+    A stage record without its epochs inline gets them from its ``history.jsonl`` (a run killed
+    mid-stage has them there only).
 
     Raises:
-        DataError: ``run.json`` is missing, not JSON or not an object; the message names the file.
+        DataError: ``run.json`` is missing, not JSON or not a run record; the message names the file
+            and the field.
     """
     run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {run_dir} a run directory written by 'distiq run'?)")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    raw_stages = info.get("stages")
-    if raw_stages is not None and not isinstance(raw_stages, list):
-        raise DataError(f"{path}: 'stages' must be a list, got {type(raw_stages).__name__}")
+    record = read_run(run_dir)
     stages = []
-    for i, stage in enumerate(raw_stages or []):
-        if not isinstance(stage, dict):
-            continue
-        stage = dict(stage)
-        stage["name"] = str(stage.get("name") or f"stage {i + 1}")
-        stage["kind"] = str(stage.get("kind") or "")
-        history = stage.get("history")
-        if not isinstance(history, list) and isinstance(stage.get("dir"), str):
-            history = _read_history(run_dir / stage["dir"] / "history.jsonl")
-        stage["history"] = [h for h in history or [] if isinstance(h, dict)]
-        stages.append(stage)
-    search = info.get("search") if isinstance(info.get("search"), dict) else None
-    return Run(dir=run_dir, info=info, stages=stages, search=search)
+    for stage in record.stages:
+        if not stage.history:
+            stage.history = _read_history(run_dir / stage.dir / "history.jsonl")
+        stages.append(stage.to_dict())
+    return Run(dir=run_dir, info=record.to_dict(), stages=stages, search=record.search)
 
 
 # ---- the baseline and the stage table -------------------------------------------------------
