@@ -12,6 +12,7 @@ from .engine.train import TrainResult, train
 from .engine.weights import load_model, load_weights, save_weights
 from .errors import DataError, DistiqError
 from .evaluate.api import evaluate
+from .onnx import quantize_onnx
 from .plugins import register
 from .prune import prune, sparse
 from .quant import QuantizeSpec, calibrate, export_onnx, quantize
@@ -32,6 +33,7 @@ __all__ = [
     "prune",
     "quant",
     "quantize",
+    "quantize_onnx",
     "TrainResult",
     "data",
     "distill",
