@@ -4,6 +4,7 @@ recipe field, and leaves no stage folder (so no teacher was trained, no checkpoi
 from __future__ import annotations
 
 import copy
+import re
 import time
 from pathlib import Path
 
@@ -149,13 +150,14 @@ def test_teacher_weights_must_take_the_data_and_its_classes(tmp_path):
     three = dq.models.create("lenet5", image_size=8, num_classes=3)
     wrong_classes = dq.save_weights(three, tmp_path / "t3.safetensors")
     for weights, needle in (
-        (wrong_size, "does not take inputs of shape [1, 8, 8]"),
-        (wrong_classes, "gives outputs [2, 3], the data has 10 classes"),
+        (wrong_size, "(made for images [1, 28, 28]) cannot run on the data's images [1, 8, 8]"),
+        (wrong_classes, "predicts 3 classes but the data"),
     ):
         recipe = base_recipe() | {"teacher": {"weights": str(weights)}}
         run_dir = tmp_path / weights.stem
         t0 = time.perf_counter()
-        with pytest.raises(DistiqError, match="teacher.weights: lenet5 ") as err:
+        named = f"teacher.weights: {re.escape(str(weights))}: the model"
+        with pytest.raises(DistiqError, match=named) as err:
             dq.run(recipe, run_dir)
         assert needle in str(err.value)
         assert_refused_before_any_work(run_dir, time.perf_counter() - t0)

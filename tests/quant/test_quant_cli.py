@@ -73,16 +73,16 @@ def test_export_command(weights, tmp_path, capsys):
 
 
 def test_mixed_precision_is_tuned_on_validation_never_test(weights, tmp_path, monkeypatch):
-    import distiq.cli.quantize as cli_quantize
+    import distiq.pipeline.compress as compress
 
     seen = {}
-    real = cli_quantize.mixed_precision
+    real = compress.mixed_precision
 
     def recording(model, calib, eval_data, **options):
         seen["eval"] = eval_data
         return real(model, calib, eval_data, **options)
 
-    monkeypatch.setattr(cli_quantize, "mixed_precision", recording)
+    monkeypatch.setattr(compress, "mixed_precision", recording)
     out = tmp_path / "mp"
     args = ["quantize", "--model", str(weights), "--data", "digits", "--calib-samples", "64"]
     assert main([*args, "--method", "minmax", "--budget", "0.01", "--no-check", "--out", str(out)]) == 0

@@ -126,7 +126,8 @@ def test_partial_run_renders_what_is_there(tmp_path):
 
 
 def test_a_record_distiq_did_not_write_is_one_line_naming_the_field(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"name": "x", "stages": [{"name": "teacher", "kind": "t"}]}))
+    stage = {"name": "teacher", "kind": "t"}  # no dir, no key
+    (tmp_path / "run.json").write_text(json.dumps({"name": "x", "stages": [stage]}))
     with pytest.raises(DataError, match=r"run\.json: stages\.0\.dir: Field required; stages\.0\.key") as e:
         build_report(tmp_path)
     assert "\n" not in str(e.value)

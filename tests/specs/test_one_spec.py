@@ -3,6 +3,7 @@ the same names and defaults, and the same options give the same int8 file."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -122,6 +123,8 @@ def test_cli_quantize_and_a_one_stage_recipe_give_the_same_int8_file(tmp_path, c
     assert from_cli.keys() == from_recipe.keys()
     for name, value in from_cli.items():
         assert np.array_equal(value, from_recipe[name]), name
+    cli_accuracy = json.loads((tmp_path / "q" / "report.json").read_text())["accuracy"]["onnx"]
+    assert cli_accuracy == result.stage("quantize").metrics["accuracy"]  # ORT on the test split, both
 
 
 def test_prune_help_and_api_share_the_recipe_section_defaults(capsys):

@@ -17,7 +17,15 @@ from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.stats import spread
 from distiq.prune import prune
 from distiq.prune.structured import save_pruned
-from distiq.quant import deploy_check, export_onnx, layer_errors, quantize, sensitivity
+from distiq.quant import (
+    QuantizeSpec,
+    deploy_check,
+    export_onnx,
+    layer_errors,
+    mixed_precision,
+    quantize,
+    sensitivity,
+)
 from distiq.quant.modules import ActQuant, quantizers
 
 from .recipe import PruneStageSpec, QuantizeStageSpec
@@ -87,7 +95,8 @@ def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 6
 
 
 def _quantize(spec: QuantizeStageSpec, state: RunState, calib, work_dir: Path, history: list | None = None):
-    """The stage's quantized model, every option of ``spec`` applied (QAT training included)."""
+    """The stage's quantized model, every option of ``spec`` applied (QAT training included), and the
+    mixed-precision record when ``spec.budget`` is set (None otherwise)."""
     run = {}
     if spec.mode == "qat":
         placement = train_options(spec.qat, work_dir, state.recipe.seed)
@@ -98,7 +107,12 @@ def _quantize(spec: QuantizeStageSpec, state: RunState, calib, work_dir: Path, h
             seed=placement["seed"],
             **{k: placement[k] for k in ("checkpoint_dir", "log_path", "progress")},
         )
-    return quantize(state.model, calib, spec, **run)
+    quant_spec = QuantizeSpec.model_validate(spec.model_dump(include=set(QuantizeSpec.model_fields)))
+    if spec.budget is None:
+        return quantize(state.model, calib, quant_spec, **run), None
+    qmodel, mixed = mixed_precision(state.model, calib, state.val, budget=spec.budget, spec=quant_spec, **run)
+    mixed["tuned_on"] = f"validation split ({len(state.val)} samples held out of the training data)"
+    return qmodel, mixed
 
 
 def calibration_spread(state: RunState, spec: QuantizeStageSpec, stage_dir: Path) -> dict:
@@ -109,7 +123,7 @@ def calibration_spread(state: RunState, spec: QuantizeStageSpec, stage_dir: Path
     for k in range(spec.calib_repeats):
         calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=1000 + k)
         work = stage_dir / "calibration-spread" / f"{k}"
-        path = export_onnx(_quantize(spec, state, calib, work), work / "model.onnx", calib.x[:1])
+        path = export_onnx(_quantize(spec, state, calib, work)[0], work / "model.onnx", calib.x[:1])
         accs.append(float((onnx_logits(path, state.val).argmax(1) == state.val.y).double().mean()))
     return {"val_accuracy": accs, "mode": spec.mode, "measured_in": "onnxruntime", **spread(accs).to_dict()}
 
@@ -148,9 +162,9 @@ def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> S
     seed = state.recipe.seed
     calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
     history: list[dict] = []
-    qmodel = _quantize(spec, state, calib, stage_dir, history)
+    qmodel, mixed = _quantize(spec, state, calib, stage_dir, history)
     onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
-    quant: dict = {"layers": [], "histograms": []}
+    quant: dict = {"layers": [], "histograms": [], "mixed_precision": mixed}
     errors = layer_errors(qmodel, state.model, calib)
     drops = {}
     if spec.sensitivity:

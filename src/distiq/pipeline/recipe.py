@@ -98,6 +98,12 @@ class QuantizeStageSpec(QuantizeSpec, CalibrationSample):
 
     sensitivity: bool = Field(True, description="Rank layers by the accuracy drop of each alone.")
     calib_repeats: int = Field(3, ge=0, description="Calibration subsets for the calibration-set spread.")
+    budget: float | None = Field(
+        None,
+        ge=0,
+        description="Mixed precision: keep sensitive layers float until the drop <= this, "
+        "tuned on the validation split (never the test split).",
+    )
 
 
 class SubsampleSpec(Strict):

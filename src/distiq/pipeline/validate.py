@@ -27,6 +27,7 @@ from distiq.distill.objective import DistillObjective, FeatureSpec
 from distiq.distill.schemes import freeze_
 from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
+from distiq.evaluate.fit import check_fits
 from distiq.models import MODELS, create
 from distiq.prune.structured import IMPORTANCES
 from distiq.quant.observers import OBSERVERS
@@ -168,7 +169,7 @@ def model_problems(recipe: Recipe, train: ArrayDataset) -> list[str]:
     example = train.x[:2]
     teacher_field = "teacher.weights" if recipe.teacher.weights is not None else "teacher.model"
     n = train.num_classes
-    teacher = _attempt(problems, teacher_field, lambda: _takes_data(_teacher(recipe, shape), example, n))
+    teacher = _attempt(problems, teacher_field, lambda: _teacher_fits(recipe, shape, train))
     student = None
     if recipe.distill is not None:
         spec = recipe.distill
@@ -183,11 +184,15 @@ def model_problems(recipe: Recipe, train: ArrayDataset) -> list[str]:
     return problems
 
 
-def _teacher(recipe: Recipe, shape: dict) -> nn.Module:
+def _teacher_fits(recipe: Recipe, shape: dict, train: ArrayDataset) -> nn.Module:
+    """The teacher, once it showed it takes the data: a weights file is checked as every command
+    checks the model a user names (:func:`check_fits`, naming the file)."""
     spec = recipe.teacher
-    if spec.weights is not None:
-        return load_model(spec.weights, allow_code=recipe_code(recipe))  # as the teacher stage loads it
-    return create(spec.model, **shape, **spec.model_options)
+    if spec.weights is None:
+        return _takes_data(create(spec.model, **shape, **spec.model_options), train.x[:2], train.num_classes)
+    model = load_model(spec.weights, allow_code=recipe_code(recipe))  # as the teacher stage loads it
+    check_fits(model, train, spec.weights)
+    return model
 
 
 def _takes_data(model: nn.Module, example: torch.Tensor, num_classes: int) -> nn.Module:

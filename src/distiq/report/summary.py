@@ -17,7 +17,6 @@ from typing import Any
 from distiq.record import read_run
 
 
-
 @dataclass
 class Run:
     """A parsed run directory.
