@@ -29,7 +29,11 @@ def test_required_names_are_registered():
     assert {"kd", "mse", "hard-kd", "dkd"} <= set(LOGIT_LOSSES.names())
 
 
-@pytest.mark.parametrize("name", LOGIT_LOSSES.names())
+#: Losses whose teacher and student logits differ in width need options that say how.
+NEEDS_OPTIONS = {"concept-kd"}
+
+
+@pytest.mark.parametrize("name", sorted(set(LOGIT_LOSSES.names()) - NEEDS_OPTIONS))
 def test_every_loss_has_the_uniform_interface(name):
     loss = make_logit_loss(name, temperature=2.0)
     assert isinstance(loss, LogitLoss)
@@ -92,3 +96,20 @@ def test_unknown_name_and_bad_values_raise():
 def test_options_listing_has_defaults():
     assert logit_loss_options("dkd") == {"temperature": 4.0, "alpha": 1.0, "beta": 8.0}
     assert logit_loss_options("hard-kd") == {"temperature": 4.0, "gamma": 2.0, "disagreement": 1.0}
+
+
+def test_concept_kd_is_a_registered_loss_with_the_same_interface():
+    from distiq.data.concepts import load_mapping
+    from distiq.distill import concept_kd
+
+    mapping = load_mapping("fashion-mnist-4")
+    loss = make_logit_loss("concept-kd", temperature=2.0, mapping="fashion-mnist-4")
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(6, mapping.num_concepts, generator=g, requires_grad=True)
+    t = torch.randn(6, mapping.num_teacher_labels, generator=g, requires_grad=True)
+    value = loss(s, t, torch.zeros(6, dtype=torch.long))
+    assert value.item() == pytest.approx(concept_kd(s, t, mapping.membership(), 2.0).item(), rel=1e-12)
+    value.backward()
+    assert s.grad.abs().sum() > 0 and t.grad is None
+    with pytest.raises(ValueError, match="concept-kd: needs loss_options.mapping"):
+        make_logit_loss("concept-kd", temperature=2.0)

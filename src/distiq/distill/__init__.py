@@ -2,7 +2,7 @@
 
 from . import functional
 from .api import distill
-from .concept import ConceptDistillObjective, concept_kd, concept_probabilities, distill_concepts
+from .concept import ConceptKDLoss, concept_kd, concept_probabilities, distill_concepts
 from .features import AttentionTerm, HintTerm, MergeTerm
 from .logits import LOGIT_LOSSES, make_logit_loss
 from .objective import DistillObjective, FeatureSpec
@@ -10,7 +10,7 @@ from .offline import teacher_logits
 from .schemes import freeze_, init_from_teacher_
 
 __all__ = [
-    "ConceptDistillObjective",
+    "ConceptKDLoss",
     "concept_kd",
     "concept_probabilities",
     "distill_concepts",

@@ -37,10 +37,11 @@ from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.data.concepts import ConceptMapping, load_mapping, to_concepts
-from distiq.engine.objective import Objective
 from distiq.engine.train import TrainResult, train
 from distiq.errors import DistiqError
 
+from .logits import LOGIT_LOSSES, LogitLoss
+from .objective import DistillObjective
 from .offline import teacher_logits
 
 Tensor = torch.Tensor
@@ -140,59 +141,42 @@ def concept_kd(
     return temperature**2 * kl.mean()
 
 
-class ConceptDistillObjective(Objective):
-    """``alpha · concept_kd + (1 - alpha) · CE`` on concept labels (see the module docstring).
+@LOGIT_LOSSES.register("concept-kd")
+class ConceptKDLoss(LogitLoss):
+    """Concept KD as a registered logit loss (``loss="concept-kd"``): :func:`concept_kd` of the student's
+    concept logits against the teacher's label logits, through ``mapping``.
+
+    The trainer's cross-entropy then reads concept labels, so the data must carry them (as
+    :func:`distill_concepts` arranges, or a dataset labelled with the mapping's concepts).
 
     Args:
-        teacher: The fixed teacher over ``K`` labels; kept in eval mode, never trained.
-        mapping: Its labels -> concepts.
-        temperature: ``T`` of the concept KD term.
-        alpha: Weight of the KD term; ``1 - alpha`` weights the concept cross-entropy.
-        cached_logits: Teacher logits per training sample (offline), or ``None`` (online).
-        temperature_on: ``"concepts"`` or ``"labels"``; see :func:`concept_kd`.
+        temperature: ``T`` of both softmaxes.
+        mapping: A :class:`ConceptMapping`, a mapping file or a built-in name ("fashion-mnist-4").
+        temperature_on: ``"concepts"`` (default) or ``"labels"``; see :func:`concept_kd`.
     """
 
     def __init__(
         self,
-        teacher: nn.Module,
-        mapping: ConceptMapping,
         temperature: float = 4.0,
-        alpha: float = 0.9,
-        cached_logits: Tensor | None = None,
+        mapping: ConceptMapping | str | os.PathLike[str] | None = None,
         temperature_on: str = "concepts",
     ) -> None:
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise DistiqError(f"alpha: expected a weight in [0, 1], got {alpha}")
+        if mapping is None:
+            raise DistiqError("concept-kd: needs loss_options.mapping (a mapping file or a built-in name)")
         if not temperature > 0:
             raise DistiqError(f"temperature: expected a number > 0, got {temperature}")
-        self.teacher = [teacher]  # a list keeps it out of this module's parameters and state
-        self.mapping = mapping
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
         if temperature_on not in ("labels", "concepts"):
             raise DistiqError(f"temperature_on: expected 'labels' or 'concepts', got {temperature_on!r}")
+        self.mapping = mapping if isinstance(mapping, ConceptMapping) else load_mapping(mapping)
+        self.temperature = float(temperature)
         self.temperature_on = temperature_on
-        self.cached_logits = cached_logits
-        self.register_buffer("membership", mapping.membership(), persistent=False)
+        self.register_buffer("membership", self.mapping.membership(), persistent=False)
 
-    def setup(self, model: nn.Module, train_data: ArrayDataset) -> None:
-        teacher = self.teacher[0]
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, model, x, y, index):
-        if self.cached_logits is not None:
-            t_logits = self.cached_logits[index]
-        else:
-            with torch.no_grad():
-                t_logits = self.teacher[0](x)
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        distill = concept_kd(logits, t_logits, self.membership, self.temperature, self.temperature_on)
-        loss = self.alpha * distill + (1.0 - self.alpha) * ce
-        return logits, {"loss": loss, "ce": ce, "distill": distill}
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+        return concept_kd(
+            student_logits, teacher_logits.detach(), self.membership, self.temperature, self.temperature_on
+        )
 
 
 def _concept_data(data: Dataset, mapping: ConceptMapping, labels: str, what: str) -> ArrayDataset:
@@ -272,8 +256,7 @@ def distill_concepts(
     probe = train_set.x[:2]
     _check_outputs(teacher, probe, mapping.num_teacher_labels, "teacher")
     _check_outputs(student, probe, mapping.num_concepts, "student")
+    loss = ConceptKDLoss(temperature, mapping, temperature_on)
     cached = teacher_logits(teacher.eval(), train_set, cache_dir) if offline else None
-    objective = ConceptDistillObjective(
-        teacher, mapping, temperature, alpha, cached_logits=cached, temperature_on=temperature_on
-    )
+    objective = DistillObjective(student, teacher, loss, alpha, [], probe, cached_logits=cached)
     return train(student, train_set, val_set, objective=objective, **train_options)
