@@ -9,7 +9,9 @@ kept in their original order within each part, so a part does not depend on how 
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -129,11 +131,9 @@ def subsample(
 def kfold(
     dataset: Dataset, k: int, seed: int = 0, stratify: bool = True
 ) -> list[tuple[ArrayDataset, ArrayDataset]]:
-    """``k`` ``(train, val)`` pairs whose ``val`` parts partition the dataset.
-
-    The shuffled indices (class after class when stratifying) are dealt to folds in turn, so fold
-    sizes differ by at most one and, when stratifying, each class's count per fold differs by at
-    most one too.
+    """``k`` ``(train, val)`` pairs whose ``val`` parts partition the dataset: scikit-learn's
+    ``StratifiedKFold`` (or ``KFold``), shuffled with ``seed``, so each class's count per fold differs
+    by at most one when stratifying.
 
     Args:
         dataset: Any dataset of ``(x, y)``; converted with :func:`as_arrays`.
@@ -141,12 +141,17 @@ def kfold(
         seed: Seed of the shuffle; same seed, same folds.
         stratify: Spread every class evenly over the folds.
     """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     ds = as_arrays(dataset)
     if not 2 <= k <= len(ds):
         raise ValueError(f"k must be in [2, {len(ds)}] for a dataset of {len(ds)}, got {k}")
-    order = torch.cat(_groups(ds, seed, stratify))
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=k, shuffle=True, random_state=seed)
     fold_of = torch.empty(len(ds), dtype=torch.long)
-    fold_of[order] = torch.arange(len(ds)) % k
+    with warnings.catch_warnings():  # a class rarer than k folds is spread as far as it goes
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for i, (_, val_idx) in enumerate(splitter.split(np.zeros(len(ds)), ds.y.numpy())):
+            fold_of[torch.from_numpy(val_idx)] = i
     folds = []
     for i in range(k):
         val_idx = torch.nonzero(fold_of == i).flatten()

@@ -148,8 +148,9 @@ def bootstrap_ci(
     """Percentile bootstrap (Efron & Tibshirani, 1993) of ``metric`` over test samples.
 
     Each resample draws ``n`` samples with replacement; the metric is computed from the resample's
-    confusion matrix, so any ``METRICS`` entry (accuracy, macro F1, ...) works. The interval is the
-    ``(1-c)/2`` and ``(1+c)/2`` percentiles of the resampled values (numpy's linear interpolation).
+    confusion matrix, so any ``METRICS`` entry (accuracy, macro F1, ...) works. Resampling and the
+    percentile interval are ``scipy.stats.bootstrap``'s (``method="percentile"``); distiq supplies the
+    statistic, vectorised as one ``bincount`` per batch of resamples.
 
     Why bootstrap here and t intervals across splits: a test set is one sample of the data
     distribution; the bootstrap shows how much the metric would move on another test set of the
@@ -169,17 +170,25 @@ def bootstrap_ci(
     if len(p) != len(y) or len(p) == 0:
         raise ValueError(f"need equally many predictions and targets (> 0), got {len(p)} and {len(y)}")
     k = num_classes or int(max(p.max(), y.max())) + 1
-    flat = y * k + p
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // len(p))  # resamples per vectorised bincount, bounding memory
-    for start in range(0, n_resamples, chunk):
-        b = min(chunk, n_resamples - start)
-        idx = rng.integers(0, len(p), size=(b, len(p)))
-        offsets = (np.arange(b) * k * k)[:, None]
-        cms = np.bincount((flat[idx] + offsets).ravel(), minlength=b * k * k).reshape(b, k, k)
-        values[start : start + b] = [fn(torch.from_numpy(cm)) for cm in cms]
-    lo, hi = np.percentile(values, [50 * (1 - confidence), 50 * (1 + confidence)])
+    flat = y * k + p  # one code per (true, predicted) pair: a resample's bincount is its confusion matrix
+
+    def statistic(codes: np.ndarray, axis: int = -1) -> np.ndarray:
+        rows = np.moveaxis(codes, axis, -1).reshape(-1, codes.shape[axis])
+        offsets = (np.arange(len(rows)) * k * k)[:, None]
+        cms = np.bincount((rows + offsets).ravel(), minlength=len(rows) * k * k).reshape(-1, k, k)
+        return np.array([fn(torch.from_numpy(cm)) for cm in cms]).reshape(codes.shape[:axis] or ())
+
+    result = sstats.bootstrap(
+        (flat,),
+        statistic,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        batch=max(1, 2_000_000 // len(p)),  # resamples per vectorised bincount, bounding memory
+        rng=np.random.default_rng(seed),
+    )
+    lo, hi = result.confidence_interval
     full = np.bincount(flat, minlength=k * k).reshape(k, k)
     return BootstrapInterval(
         metric, fn(torch.from_numpy(full)), float(lo), float(hi), confidence, n_resamples, seed
