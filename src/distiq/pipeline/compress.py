@@ -5,6 +5,7 @@ report shows.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from torch import nn
 from distiq.data.sampling import subsample
 from distiq.evaluate.api import onnx_logits
 from distiq.evaluate.stats import spread
+from distiq.onnx.api import OPTIONS as ONNX_OPTIONS
+from distiq.onnx.api import quantize_onnx, report_path
+from distiq.onnx.module import OnnxModel
 from distiq.prune import prune
 from distiq.prune.structured import save_pruned
 from distiq.quant import (
@@ -161,6 +165,8 @@ def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> S
     """Quantize the current model, export int8 ONNX, and record where the error comes from."""
     seed = state.recipe.seed
     calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
+    if isinstance(state.model, OnnxModel):
+        return _quantize_file(spec, state, calib, stage_dir)
     history: list[dict] = []
     qmodel, mixed = _quantize(spec, state, calib, stage_dir, history)
     onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
@@ -189,3 +195,48 @@ def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> S
     report = getattr(qmodel, "quant_report", None)
     extra = {"quant_report": report.to_dict() if hasattr(report, "to_dict") else None}
     return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)
+
+
+def _quantize_file(spec: QuantizeStageSpec, state: RunState, calib, stage_dir: Path) -> StageOutput:
+    """The quantize stage of a model given only as an ONNX file: :func:`quantize_onnx` of it, with the
+    same calibration sample, budget (tuned on validation) and check on the test split as a module's."""
+    out = quantize_onnx(
+        state.model.path,
+        calib,
+        stage_dir / "model.onnx",
+        mode=spec.mode,
+        method=spec.method,
+        per_channel=spec.per_channel,
+        target=spec.target,
+        check_data=state.test,
+        budget=spec.budget,
+        val_data=state.val,
+        threads=state.recipe.evaluate.threads,
+        **{k: getattr(spec, k) for k in ONNX_OPTIONS},
+    )
+    report = json.loads(report_path(out).read_text())
+    deploy = report["deploy"]
+    keep = ("cpu", "file_target", "agreement", "compared_with", "accuracy", "samples", "warnings")
+    for message in deploy["warnings"]:
+        console.print(f"[bold red]WARNING: {message}[/bold red]")
+    nodes = deploy["after"]
+    quant = {
+        "layers": [
+            {"layer": e["layer"], "act_sqnr_db": _finite(e["sqnr_db"]), "act_mse": e["mse"]}
+            for e in report["layer_errors"]
+        ],
+        "histograms": [],
+        "mixed_precision": report.get("mixed_precision"),
+        "deploy": {k: v for k, v in deploy.items() if k in keep},
+        "integer_nodes": [
+            f"{n['layer']} ({n['op']} -> {n['runtime_op']})" for n in nodes if n["kernel"] == "integer"
+        ],
+        "float_nodes": [
+            {"node": f"{n['layer']} ({n['op']} -> {n['runtime_op']})", "reason": n["reason"]}
+            for n in nodes
+            if n["kernel"] != "integer"
+        ],
+    }
+    return StageOutput(
+        out, out, {"onnx": out, "report": report_path(out)}, [], quant=quant, extra={"quant_report": report}
+    )

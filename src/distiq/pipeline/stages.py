@@ -18,7 +18,9 @@ from distiq.engine.config import TrainSpec
 from distiq.engine.train import TrainResult, train
 from distiq.engine.weights import load_model, save_weights
 from distiq.evaluate.latency import export_for_timing
+from distiq.io import write_bytes_atomic
 from distiq.models import create
+from distiq.onnx.module import OnnxModel, is_onnx_file
 from distiq.prune.structured import load_pruned
 
 from .recipe import DistillStageSpec, Recipe, TeacherSpec
@@ -92,7 +94,11 @@ def recipe_code(recipe: Recipe) -> list[str]:
 
 
 def run_teacher(spec: TeacherSpec, state: RunState, stage_dir: Path) -> StageOutput:
-    """Load the teacher's weights, or train it."""
+    """Load the teacher's weights (or ONNX file), or train it."""
+    if is_onnx_file(spec.weights):  # a teacher given only as ONNX: ORT computes its logits
+        onnx = stage_dir / "model.onnx"
+        write_bytes_atomic(onnx, Path(spec.weights).read_bytes())
+        return StageOutput(OnnxModel(onnx), onnx, {"onnx": onnx, "onnx_model": onnx}, [])
     if spec.weights is not None:
         return _finish(load_model(spec.weights, allow_code=recipe_code(state.recipe)), None, state, stage_dir)
     torch.manual_seed(state.recipe.seed)
@@ -120,10 +126,13 @@ def run_distill(spec: DistillStageSpec, state: RunState, stage_dir: Path) -> Sta
 def reload_output(
     artifacts: dict[str, str], run_dir: Path, allow_code: list[str] | None = None
 ) -> nn.Module | Path:
-    """What a skipped stage produced: its module (pruned shapes included), or its int8 ONNX file.
+    """What a skipped stage produced: its module (pruned shapes included), an ONNX teacher as a module,
+    or its int8 ONNX file.
 
     ``allow_code``: the user factories the stage's weights may name (:func:`recipe_code`).
     """
+    if "onnx_model" in artifacts:
+        return OnnxModel(run_dir / artifacts["onnx_model"])
     if "weights" not in artifacts:
         return run_dir / artifacts["onnx"]
     return load_pruned(run_dir / artifacts["weights"], allow_code=allow_code or ())

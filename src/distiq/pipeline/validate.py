@@ -29,6 +29,7 @@ from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
 from distiq.evaluate.fit import check_fits
 from distiq.models import MODELS, create
+from distiq.onnx.module import OnnxModel, is_onnx_file
 from distiq.prune.structured import IMPORTANCES
 from distiq.quant.observers import OBSERVERS
 
@@ -107,6 +108,30 @@ def name_problems(recipe: Recipe) -> list[str]:
         _attempt(problems, "quantize.method", lambda: OBSERVERS.get(recipe.quantize.method))
     if recipe.budget is not None:
         _search_names(problems, recipe.budget.search)
+    if is_onnx_file(recipe.teacher.weights):
+        problems += onnx_teacher_problems(recipe)
+    return problems
+
+
+def onnx_teacher_problems(recipe: Recipe) -> list[str]:
+    """What a teacher given only as an ONNX file cannot be asked for: ORT gives its logits, nothing
+    else (no layer outputs, weights to copy or gradients), and PyTorch stages need a student."""
+    why = "the teacher is an ONNX file"
+    problems = []
+    spec = recipe.distill
+    if spec is not None and spec.features:
+        problems.append(f"distill.features: {why}; feature terms need a PyTorch teacher's layer outputs")
+    if spec is not None and spec.init_from_teacher:
+        problems.append(f"distill.init_from_teacher: {why}; there are no PyTorch weights to copy")
+    if spec is None:
+        if recipe.prune is not None:
+            problems.append(f"prune: {why}; distill it into a PyTorch student first (a distill: section)")
+        if recipe.quantize is not None and recipe.quantize.mode == "qat":
+            problems.append(f"quantize.mode: 'qat' trains a PyTorch model and {why}; use static or dynamic")
+        if recipe.budget is not None:
+            problems.append(f"budget: the search quantizes PyTorch models and {why}; use quantize.budget")
+    if recipe.evaluate.attribution is not None:
+        problems.append(f"evaluate.attribution: {why}; its attribution maps need gradients")
     return problems
 
 
@@ -178,7 +203,7 @@ def model_problems(recipe: Recipe, train: ArrayDataset) -> list[str]:
         if teacher is not None and student is not None:
             _distill_layers(problems, spec, teacher, student, example)
     quantized = student if recipe.distill is not None else teacher  # what the quantize stage receives
-    if recipe.quantize is not None and quantized is not None:
+    if recipe.quantize is not None and quantized is not None and not isinstance(quantized, OnnxModel):
         for i, path in enumerate(recipe.quantize.skip):
             _layer(problems, f"quantize.skip[{i}]", quantized, path)
     return problems
@@ -190,6 +215,9 @@ def _teacher_fits(recipe: Recipe, shape: dict, train: ArrayDataset) -> nn.Module
     spec = recipe.teacher
     if spec.weights is None:
         return _takes_data(create(spec.model, **shape, **spec.model_options), train.x[:2], train.num_classes)
+    if is_onnx_file(spec.weights):
+        check_fits(spec.weights, train)
+        return OnnxModel(spec.weights)
     model = load_model(spec.weights, allow_code=recipe_code(recipe))  # as the teacher stage loads it
     check_fits(model, train, spec.weights)
     return model
