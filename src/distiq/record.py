@@ -79,6 +79,7 @@ class RunRecord:
         latency: How the stages' latencies were measured (:func:`distiq.pipeline.measure.retime`).
         splits: ``evaluate.splits`` results (subsample, kfold, ratios), when asked.
         attribution: ``evaluate.attribution`` results, when asked.
+        tracking: Where the run was logged (``{"mlflow": {"uri", "experiment", "run_id"}}``).
     """
 
     name: str
@@ -94,6 +95,7 @@ class RunRecord:
     latency: dict[str, Any] | None = None
     splits: dict[str, Any] | None = None
     attribution: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

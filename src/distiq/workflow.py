@@ -12,12 +12,14 @@ from distiq.pipeline import RunResult, load_recipe
 from distiq.pipeline import run as run_stages
 from distiq.pipeline.recipe import Recipe
 from distiq.report import build_report
+from distiq.tracking import log_run
 
 
 def run(
     recipe: str | os.PathLike[str] | dict | Recipe, run_dir: str | os.PathLike[str] | None = None
 ) -> RunResult:
-    """Run ``recipe`` into ``run_dir`` and, unless the recipe says ``report: false``, build its report.
+    """Run ``recipe`` into ``run_dir``, build its report (unless ``report: false``) and log it to MLflow
+    when the recipe has ``tracking.mlflow``.
 
     Returns:
         The run directory and one record per stage (test-split metrics).
@@ -26,4 +28,7 @@ def run(
     result = run_stages(recipe, run_dir)
     if recipe.report:
         build_report(result.run_dir)
+    mlflow = recipe.tracking.mlflow if recipe.tracking is not None else None
+    if mlflow is not None:
+        log_run(result.run_dir, mlflow.uri, mlflow.experiment)
     return result

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from distiq.pipeline import load_recipe
+from distiq.pipeline.recipe import MlflowSpec, TrackingSpec
 from distiq.workflow import run
 
 from .common import console
@@ -15,6 +17,10 @@ from .common import console
 def run_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/NAME).")] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option("--mlflow", help="Log the run to this MLflow tracking URI ('local': mlruns/)."),
+    ] = None,
 ) -> None:
     """Run a recipe; finished stages whose inputs did not change are reused.
 
@@ -22,7 +28,11 @@ def run_command(
     contents of the files it names (teacher.weights) and the stages before it: replacing a file at the
     same path reruns what depends on it. While a run writes a folder, a second run into it is refused.
     """
-    result = run(recipe, out)
+    loaded = load_recipe(recipe)
+    if mlflow is not None:
+        uri = None if mlflow == "local" else mlflow
+        loaded.tracking = TrackingSpec(mlflow=MlflowSpec(uri=uri))
+    result = run(loaded, out)
     report = result.run_dir / "report" / "report.html"
     console.print(f"run directory: [bold]{result.run_dir}[/bold]")
     if report.exists():

@@ -189,6 +189,22 @@ class BudgetSpec(Strict):
     search: SearchSpace = Field(default_factory=SearchSpace)
 
 
+class MlflowSpec(Strict):
+    """Where a run is logged in MLflow (:mod:`distiq.tracking`)."""
+
+    uri: str | None = Field(
+        None,
+        description="Tracking URI (http://..., file:...); None: a local file store, mlruns/ beside the run.",
+    )
+    experiment: str = Field("distiq", description="MLflow experiment the run is logged under.")
+
+
+class TrackingSpec(Strict):
+    """Experiment tracking of a finished run: its recipe, per-epoch and stage metrics, files."""
+
+    mlflow: MlflowSpec | None = None
+
+
 class Recipe(Strict):
     """A whole run. Stages left out (``null``) are skipped; ``teacher`` and ``data`` are required."""
 
@@ -202,6 +218,7 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     budget: BudgetSpec | None = None
     report: bool = True
+    tracking: TrackingSpec | None = None
     plugins: list[str] = Field(
         default_factory=list,
         description="The user's files (path/to/file.py, relative to the recipe) or modules to import first, "
