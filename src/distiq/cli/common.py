@@ -16,6 +16,8 @@ from distiq.engine.weights import save_weights
 from distiq.evaluate.api import evaluate
 from distiq.io import write_json_atomic
 
+from .processes import is_worker
+
 console = Console(stderr=True)
 
 
@@ -89,7 +91,10 @@ def prepare_data(opts: Any) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDat
 
 
 def finish(command: str, opts: BaseModel, model, result, val, test, **extra: Any) -> dict:
-    """Save a trained model and the ``summary.json`` of a training command; return the summary."""
+    """Save a trained model and the ``summary.json`` of a training command; return the summary
+    (a ``--nproc`` job's other ranks: nothing, rank 0 writes)."""
+    if is_worker():
+        return {}
     save_weights(model, opts.out / "model.safetensors")
     summary = {
         "command": command,

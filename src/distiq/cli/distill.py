@@ -25,10 +25,11 @@ from .common import (
     sizes_of,
     training_config,
 )
+from .processes import ProcessOptions, relaunched
 from .rerun import RerunOptions, inputs_key, output_folder, rerun_mode, training_inputs
 
 
-class DistillOptions(DistillSpec, DataOptions, TrainingOptions, CodeOptions, RerunOptions):
+class DistillOptions(DistillSpec, DataOptions, TrainingOptions, CodeOptions, RerunOptions, ProcessOptions):
     """Options of ``distiq distill``: the recipe's ``distill:`` section (:class:`DistillSpec`, training
     options flat) plus the teacher file, data and output folder of one command."""
 
@@ -42,6 +43,9 @@ class DistillOptions(DistillSpec, DataOptions, TrainingOptions, CodeOptions, Rer
 
 def run_distill(opts: DistillOptions) -> dict:
     """Distill, save the student and ``summary.json`` in ``opts.out``; return the summary."""
+    launched = relaunched(opts, opts.out)
+    if launched is not None:
+        return launched
     with output_folder(opts.out):
         return _distill(opts)
 

@@ -13,6 +13,7 @@ import typer
 from distiq.errors import DistiqError
 from distiq.plugins import load_plugins
 
+from . import processes
 from .demo import DemoOptions, run_demo
 from .distill import DistillOptions, run_distill
 from .evaluate import EvaluateOptions, run_evaluate
@@ -55,6 +56,7 @@ def _plugins(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    processes.ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         app(args=argv, standalone_mode=False)
     except DistiqError as e:

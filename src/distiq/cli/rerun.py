@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distiq.cli.processes import is_worker
 from distiq.engine.config import TrainConfig
 from distiq.engine.train import InputsChanged, Rerun
 from distiq.errors import DistiqError
@@ -77,8 +78,9 @@ def inputs_key(config: dict, inputs: dict) -> str:
 
 @contextlib.contextmanager
 def output_folder(out: Path) -> Iterator[None]:
-    """Hold ``out``'s lock while a command writes it; say a refused rerun in the command's terms."""
-    with hold_folder(out):
+    """Hold ``out``'s lock while a command writes it; say a refused rerun in the command's terms.
+    A ``--nproc`` job's other ranks write nothing and run under rank 0's lock."""
+    with contextlib.nullcontext() if is_worker() else hold_folder(out):
         try:
             yield
         except InputsChanged as e:

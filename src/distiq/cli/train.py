@@ -12,10 +12,11 @@ from distiq.engine.train import train
 from distiq.models import create
 
 from .common import DataOptions, TrainingOptions, finish, prepare_data, sizes_of, training_config
+from .processes import ProcessOptions, relaunched
 from .rerun import RerunOptions, inputs_key, output_folder, rerun_mode, training_inputs
 
 
-class TrainOptions(DataOptions, TrainingOptions, RerunOptions):  # type: ignore[misc, valid-type]
+class TrainOptions(DataOptions, TrainingOptions, RerunOptions, ProcessOptions):  # type: ignore[misc, valid-type]
     """Options of ``distiq train``."""
 
     model: str = Field("lenet5", description="Registered model name or package.module:factory.")
@@ -32,6 +33,9 @@ def run_train(opts: TrainOptions) -> dict:
 
     ``summary.json`` records the options, the inputs (data with its contents' hash) and their key.
     """
+    launched = relaunched(opts, opts.out)
+    if launched is not None:
+        return launched
     with output_folder(opts.out):
         train_set, val_set, test_set = prepare_data(opts)
         torch.manual_seed(opts.seed)  # the initial weights are part of a reproducible run

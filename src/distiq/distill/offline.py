@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from distiq.data.arrays import ArrayDataset
+from distiq.engine import distributed as dd
 from distiq.engine.batches import predict_logits
 from distiq.engine.weights import read_safetensors, state_tensors
 from distiq.errors import DataError
@@ -45,16 +46,27 @@ def teacher_logits(
     Returns:
         A ``[len(data), num_classes]`` tensor, row ``i`` for sample ``i``.
     """
+    dd.init_from_env()
     if cache_dir is None:
-        return predict_logits(teacher, data, batch_size)
+        return _computed(teacher, data, batch_size)
     path = Path(cache_dir) / f"teacher-logits-{fingerprint(teacher, data)}.safetensors"
+    dd.barrier()  # every rank sees the same cache: none is being written between these barriers
     if path.exists():
         tensors, _ = read_safetensors(path)
         logits = tensors.get("logits")
         if logits is None or logits.ndim != 2 or len(logits) != len(data):
             raise DataError(f"{path}: cached teacher logits do not match the {len(data)} samples")
         return logits
-    logits = predict_logits(teacher, data, batch_size)
-    with atomic_path(path) as tmp:
-        save_file({"logits": logits.contiguous()}, str(tmp))
+    logits = _computed(teacher, data, batch_size)
+    if dd.is_main():
+        with atomic_path(path) as tmp:
+            save_file({"logits": logits.contiguous()}, str(tmp))
+    dd.barrier()
     return logits
+
+
+def _computed(teacher: nn.Module, data: ArrayDataset, batch_size: int) -> torch.Tensor:
+    """The teacher run over ``data``; under torch.distributed each rank runs its shard, then all gather."""
+    rows = dd.shard(torch.arange(len(data)))
+    part = predict_logits(teacher, data.subset(rows) if dd.world_size() > 1 else data, batch_size)
+    return dd.gather_rows(part, rows, len(data))

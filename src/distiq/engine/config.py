@@ -7,10 +7,11 @@ the field, when the config is built rather than epochs later.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from distiq.errors import DistiqError, validation_message
@@ -88,6 +89,12 @@ class TrainConfig(TrainSpec, ProgressOption):
         None, description="Checkpoint after every epoch here; resumes from it when made by the same options."
     )
     log_path: str | None = Field(None, description="JSONL file receiving one record per epoch.")
+
+    @field_validator("checkpoint_dir", "log_path", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        """A ``pathlib.Path`` is as good as its text (kept as text: it goes into checkpoints' JSON)."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def __init__(self, **options: Any) -> None:
         """Validate, raising :class:`DistiqError` naming the field

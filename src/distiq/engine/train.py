@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.errors import DistiqError
 
+from . import distributed as dd
 from .batches import iterate_batches, predict_logits
 from .checkpoint import (
     checkpoint_file,
@@ -148,6 +149,7 @@ def train(
     cfg, rest = TrainConfig.from_options(**options)
     if rest:
         raise DistiqError(f"unknown training option(s): {', '.join(sorted(rest))}")
+    dd.init_from_env()  # under torchrun: join the job (see distiq.engine.distributed)
     if rerun not in RERUNS:
         raise DistiqError(f"rerun: expected one of {', '.join(RERUNS)}, got {rerun!r}")
     train_set = as_arrays(train_data)
@@ -159,7 +161,7 @@ def train(
     optimizer = cfg.make_optimizer(params)
     result = TrainResult(model=model)
     best_state: dict[str, torch.Tensor] | None = None
-    log = MetricsLog(cfg.log_path)
+    log = MetricsLog(cfg.log_path if dd.is_main() else None)
     inputs = plain(inputs)
     start = _resume(cfg, model, objective, optimizer, result, inputs, rerun)
     if start is not None:
@@ -171,6 +173,7 @@ def train(
         log.truncate_after(start_epoch - 1)  # records past the checkpoint are an interrupted epoch's
     else:
         log.repair()
+    dd.barrier()  # every rank resumed from the same checkpoint before rank 0 may write the next
     result.resumed_from = start_epoch
     if result.stopped != "epochs" or start_epoch >= cfg.epochs:
         return _finish(model, result, best_state)
@@ -178,7 +181,8 @@ def train(
     objective.setup(model, train_set)
     watched = _finite_tensors(model, objective)
     try:
-        with EpochProgress(_label(cfg), cfg.epochs, start_epoch, cfg.progress) as progress:
+        shown = cfg.progress if dd.is_main() else False
+        with EpochProgress(_label(cfg), cfg.epochs, start_epoch, shown) as progress:
             for epoch in range(start_epoch, cfg.epochs):
                 record = _run_epoch(cfg, epoch, model, objective, optimizer, params, train_set)
                 _check_weights(cfg, epoch, model, objective, watched)
@@ -191,8 +195,9 @@ def train(
                     best_state = state_tensors(model) if val_set is not None else None
                 result.stopped = _stop_reason(cfg, result, record, epoch)
                 log.write(record)
-                if cfg.checkpoint_dir:
+                if cfg.checkpoint_dir and dd.is_main():
                     _save(cfg, epoch, model, objective, optimizer, result, best_state, inputs)
+                dd.barrier()
                 progress.epoch_done(_summary(record))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, record)
@@ -204,8 +209,8 @@ def train(
 
 
 def _run_epoch(cfg, epoch, model, objective, optimizer, params, data) -> dict:
-    torch.manual_seed(epoch_seed(cfg.seed, epoch))
-    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    torch.manual_seed(epoch_seed(cfg.seed, epoch) + dd.rank())
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))  # the same order on every rank
     lr = cfg.lr_at(epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -217,21 +222,26 @@ def _run_epoch(cfg, epoch, model, objective, optimizer, params, data) -> dict:
     batches = iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen)
     for step, (x, y, idx) in enumerate(batches, start=1):
         optimizer.zero_grad(set_to_none=True)
-        logits, terms = objective(model, x, y, idx)
-        loss = float(terms["loss"].detach())
-        if not math.isfinite(loss):
-            raise _diverged(cfg, epoch, f"step {step}: the loss is {loss}")
-        terms["loss"].backward()
+        share = dd.shard(torch.arange(len(y)))  # this rank's rows of the global batch
+        if len(share):
+            logits, terms = objective(model, x[share], y[share], idx[share])
+            loss = float(terms["loss"].detach())
+            if not math.isfinite(loss):
+                raise _diverged(cfg, epoch, f"step {step}: the loss is {loss}")
+            (terms["loss"] * (len(share) / len(y))).backward()  # summed over ranks: the batch mean
+            n = len(share)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            correct += int((logits.detach().argmax(1) == y[share]).sum())
+            seen += n
+        dd.all_reduce_gradients(params)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        n = len(y)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += n
+    totals = dd.all_reduce_sums(sums | {"__correct": correct, "__seen": seen})
+    correct, seen = totals.pop("__correct"), totals.pop("__seen")
     record = {"epoch": epoch, "lr": lr, "train_seconds": time.perf_counter() - t0}
-    record.update({f"train_{k}": v / seen for k, v in sums.items()})
+    record.update({f"train_{k}": v / seen for k, v in totals.items()})
     record["train_accuracy"] = correct / seen
     return record
 
@@ -326,7 +336,8 @@ def _resume(cfg, model, objective, optimizer, result, inputs, rerun) -> tuple[in
     if not cfg.checkpoint_dir:
         return None
     if rerun == "fresh":
-        clear_checkpoint(cfg.checkpoint_dir)
+        if dd.is_main():
+            clear_checkpoint(cfg.checkpoint_dir)
         return None
     found = load_checkpoint(cfg.checkpoint_dir)
     if found is None:
