@@ -18,6 +18,7 @@ from .magnitude import (
     sparsity_table,
 )
 from .schedule import CubicSchedule, cubic_sparsity, keep_masks
+from .sharing import share_weights
 from .structured import (
     IMPORTANCES,
     layer_shapes,
@@ -44,6 +45,7 @@ __all__ = [
     "prune_magnitude_",
     "resize_to_shapes_",
     "save_pruned",
+    "share_weights",
     "sparse",
     "sparsity_rich_table",
     "sparsity_table",

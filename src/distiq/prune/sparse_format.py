@@ -1,4 +1,4 @@
-"""A compact, checksummed file format for pruned (and optionally int8) weights: ``dq.sparse``.
+"""A compact, checksummed file format for pruned (optionally int8 or weight-shared) weights: ``dq.sparse``.
 
 Why not safetensors: it stores every zero. Deep Compression (Han et al., 2016) stores a pruned
 network as the positions of the surviving weights plus their (quantized) values, entropy-coded; this
@@ -29,6 +29,12 @@ File layout (version 1, all integers little-endian)::
 * Index and values are compressed separately (their statistics differ); a section that compression
   would not shrink is stored as is.
 
+Version 2 is the same file with weight-shared records (:mod:`distiq.prune.sharing`, Deep Compression's
+second and third stages): a shared layer's record marks its dtype byte with ``0x80`` and stores the
+codebook, the positions and the code index of each stored weight, each stream coded the smallest of
+raw, LZMA2 and canonical Huffman (layout above :func:`encode_shared`); other tensors are version-1
+records. ``save`` writes version 2 only for a shared model, so pruned and int8 files stay version 1.
+
 The loader checks, in order: the size and magic, the header CRC and version, the file length (a cut
 file), each record's CRC (naming the tensor), the file CRC, then that every decoded length agrees
 with the shape; any failure raises :class:`~distiq.errors.DataError` naming the file and what failed.
@@ -36,7 +42,9 @@ with the shape; any failure raises :class:`~distiq.errors.DataError` naming the 
 
 from __future__ import annotations
 
+import heapq
 import json
+import lzma
 import os
 import struct
 import zlib
@@ -44,6 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 from torch import nn
@@ -54,10 +63,24 @@ from distiq.io import write_bytes_atomic
 from distiq.models import create_from_config
 
 from .magnitude import apply_mask, fold_masks_, masked_layers
-from .sparse_coding import CODECS, INDEX_CODINGS, RecordInfo, decode, encode
+from .sharing import fold_sharing_, shared_weight
+from .sparse_coding import (
+    CODECS,
+    CODES,
+    INDEX_CODINGS,
+    RecordInfo,
+    _compress,
+    _decompress,
+    decode,
+    encode,
+    varint_decode,
+    varint_encode,
+)
 from .structured import layer_shapes, resize_to_shapes_
 
 MAGIC, END, VERSION = b"DQSPARSE", b"DQSPEND\x00", 1
+SHARED_VERSION = 2  # a file with shared records: older readers refuse it by version, not by a bad record
+VALUES = ("float32", "int8", "shared")
 _HEAD = struct.Struct("<8sHHIQI")  # + CRC u32 = 32 bytes
 _U32 = struct.Struct("<I")
 
@@ -108,11 +131,18 @@ class SparseReport:
 
 
 def effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with pruning masks folded in: masked ``weight_orig`` as ``weight``."""
+    """The model's state dict with pruning masks and shared weights folded in: masked ``weight_orig``,
+    or ``[0, *weight_codebook][weight_index]``, as ``weight``."""
     state = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state:
+            continue
+        if key.endswith("_index") and key.removesuffix("_index") + "_codebook" in state:
+            continue
+        if key.endswith("_codebook") and key.removesuffix("_codebook") + "_index" in state:
+            base = key.removesuffix("_codebook")
+            out[base] = shared_weight(value.detach(), state[base + "_index"])
             continue
         if key.endswith("_orig") and key.removesuffix("_orig") + "_mask" in state:
             base = key.removesuffix("_orig")
@@ -126,7 +156,7 @@ def save(
     model: nn.Module | Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
     *,
-    values: str = "float32",
+    values: str | None = None,
     codec: str = "lzma",
     index: str = "auto",
 ) -> SparseReport:
@@ -136,38 +166,63 @@ def save(
         model: A module (pruning masks, if attached, are folded in) or a mapping of tensors.
         path: Output file (conventionally ``.dqsp``).
         values: ``"float32"`` stores values exactly; ``"int8"`` stores float32 weight matrices (ndim >= 2)
-            as per-row symmetric int8 with a float32 scale per row (biases, BatchNorm stay exact).
+            as per-row symmetric int8 with a float32 scale per row (biases, BatchNorm stay exact);
+            ``"shared"`` stores each weight-shared layer (:func:`distiq.prune.share_weights`) as its
+            codebook, positions and code indices, each the smaller of Huffman and LZMA (file version 2),
+            exactly. ``None``: ``"shared"`` when the model has shared layers, else ``"float32"``.
         codec: ``"lzma"`` (smallest), ``"zlib"`` (faster) or ``"none"``.
         index: ``"auto"`` (smallest per tensor), ``"dense"``, ``"bitmask"`` or ``"gaps"``.
 
     Returns:
         The bytes per tensor and in total.
     """
-    if values not in ("float32", "int8"):
-        raise DistiqError(f"values: expected float32 or int8, got {values!r}")
+    shared = shared_tensors(model) if isinstance(model, nn.Module) else {}
+    if values is None:
+        values = "shared" if shared else "float32"
+    if values not in VALUES:
+        raise DistiqError(f"values: expected float32, int8 or shared, got {values!r}")
+    if values == "shared" and not shared:
+        raise DistiqError("values 'shared': the model has no shared layers (see dq.prune.share_weights)")
     if codec not in CODECS:
         raise DistiqError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
     if index not in ("auto", *INDEX_CODINGS):
         raise DistiqError(f"index: expected auto, dense, bitmask or gaps, got {index!r}")
     state = effective_state(model) if isinstance(model, nn.Module) else dict(model)
-    meta = {"format": "distiq-sparse", "values": values}
+    meta: dict = {"format": "distiq-sparse", "values": values}
+    by_weight = shared if values == "shared" else {}
     if getattr(model, "config", None) is not None:
         meta["config"] = model.config  # type: ignore[union-attr]
     meta_b = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     report = SparseReport(str(path))
     records = []
     for name, tensor in state.items():
-        record, info = encode(name, tensor, "int8" if values == "int8" else "raw", codec, index)
+        if name in by_weight:  # shared, or plain float32 where that is smaller (a tiny bias): both exact
+            record, info = encode_shared(name, *by_weight[name])
+            plain = encode(name, tensor, "raw", codec, index)
+            record, info = min((record, info), plain, key=lambda r: len(r[0]))
+        else:
+            record, info = encode(name, tensor, "int8" if values == "int8" else "raw", codec, index)
         records.append(record)
         report.records.append(info)
     length = _HEAD.size + 4 + len(meta_b) + 4 + sum(map(len, records)) + len(END) + 4
-    head = _HEAD.pack(MAGIC, VERSION, 0, len(records), length, len(meta_b))
+    version = SHARED_VERSION if by_weight else VERSION
+    head = _HEAD.pack(MAGIC, version, 0, len(records), length, len(meta_b))
     data = b"".join([head, _U32.pack(zlib.crc32(head)), meta_b, _U32.pack(zlib.crc32(meta_b)), *records, END])
     data += _U32.pack(zlib.crc32(data))
     assert len(data) == length
     write_bytes_atomic(path, data)
     report.file_bytes = length
     return report
+
+
+def shared_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``(codebook, index)`` of every shared tensor, by the state-dict key its values are saved under."""
+    state = model.state_dict()
+    return {
+        k.removesuffix("_codebook"): (v, state[k.removesuffix("_codebook") + "_index"])
+        for k, v in state.items()
+        if k.endswith("_codebook") and k.removesuffix("_codebook") + "_index" in state
+    }
 
 
 def _fail(path: Path, what: str) -> DataError:
@@ -192,8 +247,11 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict, S
         raise DataError(f"{path}: not a distiq sparse weights file (magic {magic!r})")
     if zlib.crc32(data[: _HEAD.size]) != _U32.unpack_from(data, _HEAD.size)[0]:
         raise _fail(path, "header checksum mismatch")
-    if version != VERSION:
-        raise DataError(f"{path}: sparse format version {version}; this distiq reads version {VERSION}")
+    if version not in (VERSION, SHARED_VERSION):
+        raise DataError(
+            f"{path}: sparse format version {version}; this distiq reads versions "
+            f"{VERSION} and {SHARED_VERSION}"
+        )
     if len(data) != length:
         cut = "truncated" if len(data) < length else "has trailing bytes"
         raise _fail(path, f"{cut}: header says {length} bytes, file has {len(data)}")
@@ -228,7 +286,8 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict, S
     report = SparseReport(str(path), file_bytes=length)
     for i, body in enumerate(bodies):
         try:
-            name, tensor, info = decode(body)
+            shared = version == SHARED_VERSION and _dtype_code(body) == SHARED_DTYPE
+            name, tensor, info = (decode_shared if shared else decode)(body)
         except ValueError as e:  # decode turns every inconsistency into a ValueError
             raise _fail(path, f"record {i} ({_peek_name(body)}): {e}") from None
         if name in tensors:
@@ -236,6 +295,15 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict, S
         tensors[name] = tensor
         report.records.append(info)
     return tensors, meta, report
+
+
+def _dtype_code(body: bytes) -> int | None:
+    """The dtype byte after a record's name (:data:`SHARED_DTYPE` marks a shared record)."""
+    try:
+        (n,) = struct.unpack_from("<H", body, 0)
+        return body[2 + n] if 2 + n < len(body) else None
+    except struct.error:
+        return None
 
 
 def _peek_name(body: bytes) -> str:
@@ -265,6 +333,8 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     check_finite(tensors, path)  # read keeps NaN bit-exact; a model must not silently run on it
     if masked_layers(model):
         fold_masks_(model)
+    if shared_tensors(model):
+        fold_sharing_(model)  # the file's weights are plain tensors, bit-identical to the shared ones
     shapes = {k: list(v.shape) for k, v in tensors.items()}
     if set(shapes) == set(layer_shapes(model)) and shapes != layer_shapes(model):
         resize_to_shapes_(model, shapes)
@@ -293,3 +363,295 @@ def load_model(path: str | os.PathLike[str], *, allow_code: str | Iterable[str] 
     if not isinstance(meta, dict) or "config" not in meta:
         raise DistiqError(f"{path}: no model config in the file; create the model and use load(model, path)")
     return load(create_from_config(meta["config"], allow_code=allow_code, source=str(path)), path)
+
+
+# --- shared (weight-shared) records: codebook + positions + code indices, each stream entropy-coded ---
+#
+# body     name length u16 | name | dtype u8 (SHARED_DTYPE: float32 | 0x80) | ndim u8 | dims u32 * ndim
+#          | centroids K u16 | code bits u8 | stored values u32 | section * 3 (codebook, positions, indices)
+# section  form u8 | codec u8 (0 none, 2 LZMA2, 3 Huffman) | raw length varint | length varint | bytes
+#
+# codebook: K float32 (form 0). positions (which elements are not pruned): form 1 bitmask or 2 gaps, as
+# in plain records. indices (the centroid of each stored element, in element order): form 0 bit-packed
+# at ``code bits`` (LSB first), or 1 one byte each. The encoder tries every form with every codec and
+# keeps the smallest per section; the decoder reads what the file says. The weight is
+# ``[0, *codebook][1 + index]`` at the stored positions and +0.0 elsewhere.
+
+SHARED_DTYPE = 0x80 | CODES[torch.float32]  # a version-1 reader would call this an unknown dtype
+_SHARED_FIXED = struct.Struct("<HBI")
+
+
+def _read_varint(body: bytes, pos: int) -> tuple[int, int]:
+    """One LEB128 value at ``pos``: ``(value, position after it)``; ``ValueError`` when cut or too long."""
+    value = shift = 0
+    while True:
+        if pos >= len(body) or shift > 56:
+            raise ValueError("a section length is cut short")
+        byte = body[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+HUFFMAN = 3
+_STREAM_CODECS = {0: "none", 2: "lzma", HUFFMAN: "huffman"}
+_MAX_CODE = 15  # Huffman code lengths fit a nibble
+
+
+def huffman_lengths(counts: np.ndarray, max_len: int = _MAX_CODE) -> np.ndarray:
+    """Huffman code length per symbol (0 for an unused one), at most ``max_len``.
+
+    Over-long codes are avoided the simple way (halve the counts, keeping used symbols at least 1,
+    and rebuild), which costs a fraction of a percent on skewed streams. A single used symbol gets
+    length 1.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    used = np.flatnonzero(counts)
+    lengths = np.zeros(len(counts), dtype=np.int64)
+    if len(used) == 1:
+        lengths[used] = 1
+        return lengths
+    c = counts[used].copy()
+    while True:
+        heap = [(int(f), i, (i,)) for i, f in enumerate(c)]
+        heapq.heapify(heap)
+        depth = np.zeros(len(c), dtype=np.int64)
+        tick = len(c)
+        while len(heap) > 1:
+            f1, _, s1 = heapq.heappop(heap)
+            f2, _, s2 = heapq.heappop(heap)
+            depth[list(s1 + s2)] += 1
+            heapq.heappush(heap, (f1 + f2, tick, s1 + s2))
+            tick += 1
+        if depth.max(initial=0) <= max_len:
+            lengths[used] = depth
+            return lengths
+        c = np.maximum(c >> 1, 1)
+
+
+def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical Huffman codes: by (length, symbol), each code the previous plus one, shifted on."""
+    codes = np.zeros(len(lengths), dtype=np.int64)
+    code = prev = 0
+    for sym in sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)):
+        code <<= int(lengths[sym]) - prev
+        codes[sym], prev = code, int(lengths[sym])
+        code += 1
+    return codes
+
+
+def huffman_encode(data: bytes) -> bytes:
+    """Canonical Huffman over bytes: 256 code lengths as nibbles (128 B, or a list of the used symbols
+    when fewer than 64: count u8, then symbol + length bytes), then the codes MSB first."""
+    sym = np.frombuffer(data, dtype=np.uint8)
+    lengths = huffman_lengths(np.bincount(sym, minlength=256))
+    used = np.flatnonzero(lengths)
+    if len(used) < 64:
+        table = bytes([len(used)]) + b"".join(bytes([s, lengths[s]]) for s in used)
+    else:
+        table = b"\xff" + bytes((lengths[0::2] << 4 | lengths[1::2]).astype(np.uint8))
+    codes, lens = _canonical_codes(lengths)[sym], lengths[sym]
+    start = np.cumsum(lens) - lens
+    bits = np.zeros(int(lens.sum()), dtype=np.uint8)
+    for b in range(int(lens.max(initial=0))):
+        sel = lens > b
+        bits[start[sel] + b] = (codes[sel] >> (lens[sel] - 1 - b)) & 1
+    return table + np.packbits(bits).tobytes()
+
+
+def huffman_decode(data: bytes, n: int) -> bytes:
+    """Inverse of :func:`huffman_encode` for ``n`` symbols; ``ValueError`` on any inconsistency."""
+    if not data:
+        raise ValueError("empty Huffman section")
+    lengths = np.zeros(256, dtype=np.int64)
+    if data[0] == 0xFF:
+        nib = np.frombuffer(data[1:129], dtype=np.uint8).astype(np.int64)
+        if len(nib) != 128:
+            raise ValueError("Huffman table cut short")
+        lengths[0::2], lengths[1::2], pos = nib >> 4, nib & 15, 129
+    else:
+        pairs = np.frombuffer(data[1 : 1 + 2 * data[0]], dtype=np.uint8).astype(np.int64)
+        if len(pairs) != 2 * data[0] or (pairs[1::2] > _MAX_CODE).any() or (pairs[1::2] == 0).any():
+            raise ValueError("Huffman table damaged")
+        lengths[pairs[0::2]], pos = pairs[1::2], 1 + 2 * data[0]
+    if n and not lengths.any() or float(np.sum(2.0 ** -lengths[lengths > 0])) > 1.0:
+        raise ValueError("Huffman code lengths are not a prefix code")
+    codes = _canonical_codes(lengths)
+    table_sym = np.zeros(1 << _MAX_CODE, dtype=np.int64)
+    table_len = np.zeros(1 << _MAX_CODE, dtype=np.int64)  # 0: no code starts with these bits
+    for s in np.flatnonzero(lengths):
+        lo = int(codes[s]) << (_MAX_CODE - int(lengths[s]))
+        table_sym[lo : lo + (1 << (_MAX_CODE - int(lengths[s])))] = s
+        table_len[lo : lo + (1 << (_MAX_CODE - int(lengths[s])))] = lengths[s]
+    bits = np.unpackbits(np.frombuffer(data[pos:], dtype=np.uint8)).astype(np.int64)
+    total = len(bits)
+    bits = np.concatenate([bits, np.zeros(_MAX_CODE, dtype=np.int64)])
+    window = np.zeros(total + 1, dtype=np.int64)
+    for j in range(_MAX_CODE):
+        window = (window << 1) | bits[j : j + total + 1]
+    syms, lens = table_sym[window].tolist(), table_len[window].tolist()
+    out = bytearray(n)
+    at = 0
+    for i in range(n):
+        if at >= total or lens[at] == 0:
+            raise ValueError("Huffman bits do not decode to the stored count")
+        out[i] = syms[at]
+        at += lens[at]
+    if at > total or total - at >= 8:
+        raise ValueError("Huffman bits do not end where the symbols do")
+    return bytes(out)
+
+
+def _smallest(forms: Mapping[int, bytes], huffman: bool = True) -> tuple[int, int, int, bytes]:
+    """(form, codec, raw length, bytes): the smallest coding of any of ``forms`` under any codec."""
+    best: tuple[int, int, int, bytes] | None = None
+    for form, raw in forms.items():
+        tries = [_compress(raw, "lzma")]
+        if huffman and raw:
+            tries.append((HUFFMAN, huffman_encode(raw)))
+        for codec, packed in tries:
+            if best is None or len(packed) < len(best[3]):
+                best = (form, codec, len(raw), packed)
+    return best  # type: ignore[return-value]
+
+
+def _unstream(form_codec_raw: tuple[int, int, int], data: bytes) -> bytes:
+    _form, codec, raw = form_codec_raw
+    if codec == HUFFMAN:
+        return huffman_decode(data, raw)
+    if codec not in (0, 2):
+        raise ValueError(f"unknown codec {codec}")
+    return _decompress(data, codec, raw)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Integers in ``[0, 2**bits)`` as ``bits`` bits each, LSB first, concatenated."""
+    out = np.zeros(len(values) * bits, dtype=np.uint8)
+    for b in range(bits):
+        out[b::bits] = (values >> b) & 1
+    return np.packbits(out, bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, n: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    if len(flat) != (n * bits + 7) // 8 * 8 or flat[n * bits :].any():
+        raise ValueError("packed indices do not match the stored count")
+    return (flat[: n * bits].reshape(n, bits).astype(np.int64) << np.arange(bits)).sum(axis=1)
+
+
+def encode_shared(name: str, codebook: torch.Tensor, index: torch.Tensor) -> tuple[bytes, RecordInfo]:
+    """A shared layer (``weight_codebook``, ``weight_index``) as a framed record body, smallest coding."""
+    book = codebook.detach().cpu().float().contiguous()
+    idx = index.detach().cpu().to(torch.int64).reshape(-1).numpy()
+    k = len(book)
+    if k > 256 or (idx < 0).any() or (idx > k).any():
+        raise DistiqError(f"{name}: index does not fit a codebook of {k} centroids (at most 256)")
+    code_bits = max(1, (k - 1).bit_length())
+    keep = idx != 0
+    where = np.flatnonzero(keep)
+    sym = (idx[keep] - 1).astype(np.uint8)
+    sections = [
+        (0, 0, len(book) * 4, book.numpy().tobytes()),
+        _smallest(
+            {
+                1: np.packbits(keep, bitorder="little").tobytes(),
+                2: varint_encode(np.diff(where, prepend=-1) - 1),
+            }
+        ),
+        _smallest({0: pack_bits(sym, code_bits), 1: sym.tobytes()}),
+    ]
+    name_b = name.encode()
+    dims = list(index.shape)
+    parts = [struct.pack("<H", len(name_b)), name_b, struct.pack("<BB", SHARED_DTYPE, len(dims))]
+    parts += [struct.pack(f"<{len(dims)}I", *dims), _SHARED_FIXED.pack(k, code_bits, len(where))]
+    for form, codec, raw, data in sections:
+        parts += [bytes([form, codec]), varint_encode(np.array([raw, len(data)])), data]
+    body = b"".join(parts)
+    record = _U32.pack(len(body)) + body + _U32.pack(zlib.crc32(body))
+    return record, _shared_info(name, dims, len(where), k, code_bits, sections, len(record))
+
+
+def _shared_info(name, dims, n, k, code_bits, sections, size) -> RecordInfo:
+    (_, _, _, _), (pform, pcodec, _, _), (iform, icodec, _, _) = sections
+    return RecordInfo(
+        name,
+        dims,
+        "float32",
+        int(np.prod(dims, dtype=np.int64)),
+        n,
+        f"{INDEX_CODINGS[pform]}+{_STREAM_CODECS[pcodec]}",
+        f"{k} centroids, {code_bits}-bit {('packed', 'bytes')[iform]}+{_STREAM_CODECS[icodec]}",
+        4 * int(np.prod(dims, dtype=np.int64)),
+        size,
+    )
+
+
+def decode_shared(body: bytes) -> tuple[str, torch.Tensor, RecordInfo]:
+    """A shared record body to ``(name, float32 weight, info)``; ``ValueError`` says what is wrong."""
+    try:
+        return _decode_shared(body)
+    except (struct.error, lzma.LZMAError, IndexError, RuntimeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def _decode_shared(body: bytes) -> tuple[str, torch.Tensor, RecordInfo]:
+    (name_len,) = struct.unpack_from("<H", body, 0)
+    name = body[2 : 2 + name_len].decode()
+    pos = 2 + name_len
+    code, ndim = struct.unpack_from("<BB", body, pos)
+    dims = list(struct.unpack_from(f"<{ndim}I", body, pos + 2))
+    pos += 2 + 4 * ndim
+    k, code_bits, n = _SHARED_FIXED.unpack_from(body, pos)
+    pos += _SHARED_FIXED.size
+    numel = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if code != SHARED_DTYPE or k > 256 or code_bits != max(1, (k - 1).bit_length()):
+        raise ValueError("inconsistent shared record header")
+    if not 0 <= numel < 2**31 or n > numel or (n and not k):
+        raise ValueError(f"implausible shape {dims} with {n} stored values")
+    sections, streams = [], []
+    for _ in range(3):
+        form, codec = struct.unpack_from("<BB", body, pos)
+        raw, pos = _read_varint(body, pos + 2)
+        size, pos = _read_varint(body, pos)
+        if raw > 9 * numel + 1024:  # a gap takes at most 9 bytes; a codebook at most 1 KiB
+            raise ValueError(f"a section claims {raw} bytes for {numel} elements")
+        if pos + size > len(body):
+            raise ValueError("a section runs past the record")
+        sections.append((form, codec, raw, b""))
+        streams.append(_unstream((form, codec, raw), body[pos : pos + size]))
+        pos += size
+    if pos != len(body):
+        raise ValueError("bytes after the last section")
+    (bform, _, _, _), (pform, _, _, _), (iform, _, _, _) = sections
+    book_b, pos_b, idx_b = streams
+    if bform != 0 or len(book_b) != 4 * k:
+        raise ValueError("codebook does not match the centroid count")
+    if pform == 1:
+        if len(pos_b) != (numel + 7) // 8:
+            raise ValueError("bitmask length does not match the shape")
+        all_bits = np.unpackbits(np.frombuffer(pos_b, np.uint8), bitorder="little")
+        keep = all_bits[:numel].astype(bool)
+        if all_bits[numel:].any() or int(keep.sum()) != n:
+            raise ValueError("bitmask does not mark the stored values")
+        where = np.flatnonzero(keep)
+    elif pform == 2:
+        gaps = varint_decode(pos_b)
+        where = np.cumsum(gaps + 1) - 1
+        if len(where) != n or (n and (gaps >= numel).any() or n and where[-1] >= numel):
+            raise ValueError("gaps do not fit the shape")
+    else:
+        raise ValueError(f"unknown position form {pform}")
+    if iform == 0:
+        sym = unpack_bits(idx_b, code_bits, n)
+    elif iform == 1 and len(idx_b) == n:
+        sym = np.frombuffer(idx_b, dtype=np.uint8).astype(np.int64)
+    else:
+        raise ValueError("indices do not match the stored count")
+    if n and sym.max() >= k:
+        raise ValueError(f"an index points past the {k} centroids")
+    book = torch.frombuffer(bytearray(book_b), dtype=torch.float32) if k else torch.zeros(0)
+    index = torch.zeros(numel, dtype=torch.int16)
+    index[torch.from_numpy(where)] = torch.from_numpy(sym + 1).to(torch.int16)
+    weight = torch.cat([torch.zeros(1), book])[index.long()].reshape(dims)
+    return name, weight, _shared_info(name, dims, n, k, code_bits, sections, len(body) + 8)
