@@ -42,7 +42,8 @@ def test_a_recipe_with_tracking_logs_recipe_metrics_and_report(tmp_path):
     assert run.data.metrics["distill.accuracy"] == pytest.approx(result.stage("distill").metrics["accuracy"])
     epochs = client.get_metric_history(run.info.run_id, "teacher.val_accuracy")
     assert [m.step for m in epochs] == [0, 1, 2]
-    assert [m.value for m in epochs] == pytest.approx([h["val_accuracy"] for h in result.stage("teacher").history])
+    history = result.stage("teacher").history
+    assert [m.value for m in epochs] == pytest.approx([h["val_accuracy"] for h in history])
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"run.json", "run-recipe.yaml", "report"} <= files
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}

@@ -14,6 +14,7 @@ from torch import nn
 import distiq as dq
 from distiq.errors import DataError, DistiqError
 from distiq.prune import fold_masks_, prune_magnitude_, share_weights, sparse
+from distiq.prune.entropy import huffman_decode, huffman_encode, huffman_lengths
 from distiq.prune.sharing import (
     attach_sharing_,
     codebook_for,
@@ -22,7 +23,7 @@ from distiq.prune.sharing import (
     kmeans_1d,
     shared_layers,
 )
-from distiq.prune.sparse_format import effective_state, huffman_decode, huffman_encode, huffman_lengths
+from distiq.prune.sparse_format import effective_state
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
