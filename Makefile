@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch lies on local disk; asking for it first keeps pip off the CUDA builds
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,mlflow]'
+	$(BIN)/pip install -q -e '.[dev,mlflow,hf]'
 	touch $(STAMP)
 
 data:
@@ -25,6 +25,11 @@ data:
 	else \
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
 	       "or set DISTIQ_FASHION_MNIST to a folder holding its IDX files."; \
+	fi
+	@# the fortunes corpus of the hf extra's benchmark and one of its tests; never fails the build
+	@if [ ! -d /usr/share/games/fortunes ] && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq fortunes fortunes-min >/dev/null 2>&1 \
+	  || echo "Could not install fortunes: the installed-corpus test will be skipped"; \
 	fi
 
 # Chromium renders the HTML report in a test (skipped without it); installing it never fails the build

@@ -15,15 +15,6 @@ from torch import nn
 from distiq.data.arrays import ArrayDataset
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and on a shared machine far steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _stripes(n: int, seed: int, classes: int = 4, channels: int = 3, size: int = 12) -> ArrayDataset:
     """Images of stripes whose orientation is the class (0, 45, 90, 135 degrees), at a random phase
     and frequency, tinted per channel, under unit Gaussian noise: separable by a small CNN with a
