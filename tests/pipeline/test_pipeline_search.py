@@ -51,6 +51,23 @@ def test_generous_budget_picks_the_smallest_meeting_candidate(tmp_path):
     assert result.stages[-1].metrics["size_bytes"] == chosen[0]["size_bytes"]
 
 
+def test_trials_in_worker_processes_match_one_process(tmp_path):
+    """Two spawned workers judge the same candidates to the same accuracy and file size as the
+    sequential search; the latency objective times every trial file afterwards and picks the fastest."""
+    one = recipe(drop=50.0)
+    pipeline.run(one, tmp_path / "one")
+    two = one | {"budget": one["budget"] | {"workers": 2, "objective": "latency"}}
+    pipeline.run(two, tmp_path / "two")
+    seq, par = (json.loads((tmp_path / d / "run.json").read_text())["search"] for d in ("one", "two"))
+    assert [(t["params"], t["val_accuracy"], t["size_bytes"]) for t in par["trials"]] == [
+        (t["params"], t["val_accuracy"], t["size_bytes"]) for t in seq["trials"]
+    ]
+    meeting = [t for t in par["trials"] if t["meets_budget"]]
+    assert all(t["latency_ms"] > 0 for t in par["trials"])
+    (chosen,) = [t for t in par["trials"] if t["chosen"]]
+    assert chosen["latency_ms"] == min(t["latency_ms"] for t in meeting)
+
+
 def test_impossible_budget_keeps_the_closest_and_says_by_how_much(tmp_path):
     pipeline.run(
         recipe(drop=-0.0)

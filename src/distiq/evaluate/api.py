@@ -53,13 +53,18 @@ def _agreement(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch
     return float((logits.argmax(1) == teacher_logits.argmax(1)).double().mean())
 
 
-def onnx_logits(path: str | os.PathLike[str], data: ArrayDataset, batch_size: int = 256) -> torch.Tensor:
-    """Logits of the ONNX model at ``path`` run by ONNX Runtime's CPU provider."""
-    return _onnx_runner(path, batch_size)(data)
+def onnx_logits(
+    path: str | os.PathLike[str], data: ArrayDataset, batch_size: int = 256, threads: int = 0
+) -> torch.Tensor:
+    """Logits of the ONNX model at ``path`` run by ONNX Runtime's CPU provider (``threads`` intra-op
+    threads; 0: ORT's default, one per core)."""
+    return _onnx_runner(path, batch_size, threads)(data)
 
 
-def _onnx_runner(path: str | os.PathLike[str], batch_size: int) -> Callable[[ArrayDataset], torch.Tensor]:
-    session = runtime.session(path, threads=0)
+def _onnx_runner(
+    path: str | os.PathLike[str], batch_size: int, threads: int = 0
+) -> Callable[[ArrayDataset], torch.Tensor]:
+    session = runtime.session(path, threads=threads)
     if not session.get_inputs() or not session.get_outputs():
         raise DataError(f"{path}: the ONNX graph has no inputs or no outputs; expected a classifier")
 

@@ -187,6 +187,11 @@ class BudgetSpec(Strict):
     relative: bool = Field(False, description="Drop in percent of the teacher's accuracy, not points.")
     objective: Literal["size", "latency"] = "size"
     search: SearchSpace = Field(default_factory=SearchSpace)
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Processes judging candidates at once (one thread each); results as with 1.",
+    )
 
 
 class MlflowSpec(Strict):
