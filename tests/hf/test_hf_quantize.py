@@ -17,6 +17,7 @@ from distiq.hf.quantize import (  # noqa: E402
     quantize_embedding_tables,
     quantize_encoder,
     quantize_rows,
+    text_batches,
 )
 
 
@@ -68,3 +69,47 @@ def test_int8_encoder_stays_close_to_float(teacher, tokenizer, tmp_path):
     ref = onnx_embeddings(path, tokenizer, TEXTS[:48])
     got = onnx_embeddings(tmp_path / "t8.onnx", tokenizer, TEXTS[:48])
     assert cosine_rows(got, ref).mean() > 0.99
+
+
+@pytest.mark.parametrize("smooth_quant", [None, 0.75])
+def test_static_int8_encoder_is_close_to_float_and_names_its_matmuls(
+    teacher, tokenizer, tmp_path, smooth_quant
+):
+    path = export_encoder(teacher, tokenizer, tmp_path / "t.onnx")
+    calib = text_batches(tokenizer, TEXTS[:64], batch_size=16)  # the first 64 calibrate, the rest test
+    out = tmp_path / "static.onnx"
+    report = quantize_encoder(
+        path, out, mode="static", calib_data=calib, smooth_quant=smooth_quant, embedding_bits=None
+    )
+    roles = {"q", "k", "v", "attention-output", "intermediate", "output"}
+    assert {(e["block"], e["role"]) for e in report.layer_errors} == {(b, r) for b in range(4) for r in roles}
+    sqnr = [e["sqnr_db"] for e in report.layer_errors]
+    assert sqnr == sorted(sqnr) and sqnr[0] > 10  # worst first
+    # every weighted MatMul on ORT's integer kernel, the 8 attention MatMuls float
+    assert report.kernels.get("MatMulIntegerToFloat") == 24
+    assert len(report.float_matmuls) == 8
+    # the report's error of one MatMul, recomputed here on the real tokens only (padding left out)
+    name = "/model/encoder/layer.1/attention/self/query/MatMul_output_0"
+    signal = noise = 0.0
+    for feed in calib:
+        outs = [_extra_output(f, name, feed).astype(np.float64) for f in (path, out)]
+        real = feed["attention_mask"].astype(bool)
+        signal += (outs[0][real] ** 2).sum()
+        noise += ((outs[0][real] - outs[1][real]) ** 2).sum()
+    reported = next(e for e in report.layer_errors if (e["block"], e["role"]) == (1, "q"))
+    assert reported["sqnr_db"] == pytest.approx(10 * np.log10(signal / noise), abs=1e-6)
+    got = onnx_embeddings(out, tokenizer, TEXTS[64:])
+    ref = onnx_embeddings(path, tokenizer, TEXTS[64:])
+    assert cosine_rows(got, ref).mean() > 0.999  # measured: 0.99991, 0.99998 with SmoothQuant
+    if smooth_quant is not None:
+        # per layer: Q/K/V and the intermediate read a LayerNorm that is also the residual (a Mul
+        # inserted), the attention output reads a Reshape (inserted), the output GELU's 0.5 (folded)
+        assert report.smoothing["alpha"] == 0.75
+        assert report.smoothing["folds"] == {"inserted Mul": 12, "Mul": 4}
+
+
+def _extra_output(path, name: str, feed: dict) -> np.ndarray:
+    """The value of tensor ``name`` of the ONNX file at ``path`` on ``feed``."""
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return ort.InferenceSession(model.SerializeToString()).run([name], feed)[0]

@@ -3,8 +3,12 @@
 The loss (:func:`embedding_loss`) is ``cosine_weight * (1 - cos(s, t)) + mse_weight * ||s - t||² / H``
 on the L2-normalised mean-pooled embeddings, optionally plus ``hidden_weight`` times the MSE of the
 student's hidden states against the teacher layers it was cut from (TinyBERT's hidden-state term,
-Jiao et al., 2020, without the projection since the widths are equal). Cosine is what retrieval with
-these embeddings measures; the MSE term keeps the scale of the un-normalised direction stable.
+Jiao et al., 2020, without the projection since the widths are equal), and ``neighbour_weight`` times
+:func:`neighbour_loss` (the teacher's distribution over which training texts are nearest, asked of
+the student). Cosine is what retrieval with these embeddings measures; the MSE term keeps the scale
+of the un-normalised direction stable. The neighbour term is off by default: on all-MiniLM-L6-v2's
+3-layer student (3,000 fortunes, one epoch) it lowered the held-out cosine from 0.836 to 0.801 and
+the top-10 overlap from 0.437 to 0.401.
 
 Training runs through distiq's one loop (:func:`distiq.engine.train.train`): seeded epochs, the
 learning-rate schedule, divergence checks and checkpoints come with it. That loop holds image-shaped
@@ -52,6 +56,28 @@ def embedding_loss(
     return {"loss": cosine_weight * cosine + mse_weight * mse, "cosine": cosine, "mse": mse}
 
 
+def neighbour_loss(
+    student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL from the teacher's to the student's softmax over cosine similarities to ``bank``.
+
+    ``bank`` ``[N, H]`` holds teacher embeddings of other texts (distiq uses all the training texts'):
+    for each text the teacher's similarities to the bank, sharpened by ``temperature``, are a
+    distribution over which texts are its neighbours, and the student is asked for the same one.
+    Why: retrieval with these embeddings reads only which texts are nearest, and a per-text cosine
+    term leaves the residual error free to point anywhere, reordering neighbours (3-layer MiniLM
+    student: held-out cosine 0.90 but top-10 overlap 0.53). Measured, it did not pay (module
+    docstring); kept as an option to try with longer training. Mean over the batch of
+    ``KL(p_t || p_s)`` in nats.
+    """
+    bank = F.normalize(bank, dim=-1)
+    s = F.normalize(student, dim=-1) @ bank.T / temperature
+    t = F.normalize(teacher, dim=-1) @ bank.T / temperature
+    return F.kl_div(
+        F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean"
+    )
+
+
 def hidden_state_loss(
     student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor], mask: torch.Tensor
 ) -> torch.Tensor:
@@ -76,6 +102,12 @@ class EmbeddingDistillSpec(BaseModel):
     cosine_weight: float = Field(1.0, ge=0, description="Weight of 1 - cos(student, teacher).")
     mse_weight: float = Field(1.0, ge=0, description="Weight of the embedding MSE.")
     hidden_weight: float = Field(0.0, ge=0, description="Weight of the hidden-state MSE (0: off).")
+    neighbour_weight: float = Field(
+        0.0, ge=0, description="Weight of the neighbour-distribution KL over the training texts (0: off)."
+    )
+    neighbour_temperature: float = Field(
+        0.05, gt=0, description="Temperature of the cosine similarities in the neighbour term."
+    )
     teacher_layers: list[int] | None = Field(
         None, description="Teacher layer each student layer was cut from (needed by the hidden term)."
     )
@@ -121,6 +153,11 @@ class EmbeddingObjective(Objective):
             cosine_weight=self.spec.cosine_weight,
             mse_weight=self.spec.mse_weight,
         )
+        if self.spec.neighbour_weight > 0:
+            terms["neighbour"] = neighbour_loss(
+                emb, self.teacher_embeddings[index], self.teacher_embeddings, self.spec.neighbour_temperature
+            )
+            terms["loss"] = terms["loss"] + self.spec.neighbour_weight * terms["neighbour"]
         if states is not None:
             with torch.no_grad():
                 t_states = self.teacher.hidden_states(ids, mask)

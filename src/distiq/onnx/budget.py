@@ -43,6 +43,34 @@ def accuracy(model: onnx.ModelProto, data: Any, batch_size: int = 256) -> float:
     return right / total
 
 
+def fidelity(float_model: onnx.ModelProto, model: onnx.ModelProto, data: Any, batch_size: int = 256):
+    """``(metric, value)``: how close ``model`` is to ``float_model`` on ``data``, higher is closer.
+
+    Labelled data: ``("accuracy", top-1 accuracy)`` of ``model``, as the budget measures it. Without
+    labels (a sentence encoder's token batches): ``("mean_cosine", ...)``, the mean cosine of each
+    sample's first output (flattened) with the float model's, so a choice made here (SmoothQuant's
+    strength) needs no labels either.
+    """
+    sess, ref_sess = session(model), session(float_model)
+    name = sess.get_outputs()[0].name
+    cosines, right, total = [], 0, 0
+    for feed, labels in batches(data, sess.get_inputs(), batch_size, what="val_data"):
+        got = run(sess, [name], feed)[name]
+        if labels is not None:
+            right += int((got.argmax(1) == np.asarray(labels)).sum())
+            total += len(got)
+            continue
+        a = got.reshape(len(got), -1).astype(np.float64)
+        b = run(ref_sess, [name], feed)[name].reshape(len(got), -1).astype(np.float64)
+        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        cosines.append((a * b).sum(1) / norms)
+    if total:
+        return "accuracy", right / total
+    if not cosines:
+        raise DistiqError("quantize_onnx: val_data is empty")
+    return "mean_cosine", float(np.concatenate(cosines).mean())
+
+
 def sensitivity(float_model: onnx.ModelProto, layers: list[Layer], build: Build, data: Any) -> list[dict]:
     """``[{"layer", "accuracy", "drop"}]``, one per node quantized alone, largest drop first; ``drop``
     is against ``float_model``'s accuracy on ``data``."""
@@ -91,4 +119,4 @@ def mixed_precision(
     return kept, info
 
 
-__all__ = ["accuracy", "mixed_precision", "sensitivity"]
+__all__ = ["accuracy", "fidelity", "mixed_precision", "sensitivity"]

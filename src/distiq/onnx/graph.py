@@ -5,7 +5,9 @@ QDQ graph into integer kernels, so this follows the same placement rules as the 
 (:mod:`distiq.quant.ptq`), on tensors instead of modules:
 
 * every quantized Conv/Gemm/MatMul quantizes its output (after a ReLU that is its only reader), except a
-  graph output — ``DQ -> Conv -> Q`` is what ORT fuses into ``QLinearConv``;
+  graph output — ``DQ -> Conv -> Q`` is what ORT fuses into ``QLinearConv``; MatMul/Gemm outputs may
+  stay float instead (``float_matmul``: ORT fuses ``DQ -> MatMul`` into ``MatMulIntegerToFloat`` and
+  ``DQ -> Gemm`` into a float-output ``QGemm``), one rounding less where float ops read them anyway;
 * its input is walked back through value-preserving ops (ReLU, MaxPool, Flatten, Reshape, ...) to a
   tensor that already has a grid, whose grid is then re-applied after each op in between (ORT runs
   them on uint8); failing that, a new grid goes on the input itself, nearest the reader, as the torch
@@ -268,8 +270,12 @@ class Plan:
         return tensor if tensor in self.grids else self.tied.get(tensor)
 
 
-def _output_tensor(g: Graph, layer: Layer) -> str | None:
-    """Where a layer's output grid goes: after a ReLU that is its only reader; none on a graph output."""
+def _output_tensor(g: Graph, layer: Layer, float_matmul: bool = False) -> str | None:
+    """Where a layer's output grid goes: after a ReLU that is its only reader; none on a graph output,
+    nor on a MatMul/Gemm with ``float_matmul`` (ORT then runs ``MatMulIntegerToFloat`` / ``QGemm``
+    with a float output)."""
+    if float_matmul and layer.node.op_type in ("MatMul", "Gemm"):
+        return None
     out = layer.node.output[0]
     readers = g.readers.get(out, [])
     if len(readers) == 1 and readers[0].op_type == "Relu" and out not in g.outputs:
@@ -277,22 +283,23 @@ def _output_tensor(g: Graph, layer: Layer) -> str | None:
     return None if out in g.outputs else out
 
 
-def grid_candidates(g: Graph, layers: list[Layer]) -> list[str]:
+def grid_candidates(g: Graph, layers: list[Layer], float_matmul: bool = False) -> list[str]:
     """Every tensor that :func:`plan_activations` of any subset of ``layers`` can give a grid of its
     own: each layer's output tensor and its input. Calibrating these once lets the budget search
     (:mod:`distiq.onnx.budget`) rebuild the graph for any subset without calibrating again."""
     found = []
     for layer in layers:
-        out = _output_tensor(g, layer)
+        out = _output_tensor(g, layer, float_matmul)
         found += [layer.node.input[0]] + ([out] if out is not None else [])
     return list(dict.fromkeys(found))
 
 
-def plan_activations(g: Graph, layers: list[Layer]) -> Plan:
-    """Place the activation grids for ``layers`` (see the module docstring)."""
+def plan_activations(g: Graph, layers: list[Layer], float_matmul: bool = False) -> Plan:
+    """Place the activation grids for ``layers`` (see the module docstring); with ``float_matmul``
+    the MatMul/Gemm outputs stay float (only their inputs and weights are int8)."""
     plan = Plan()
     for layer in layers:
-        out = _output_tensor(g, layer)
+        out = _output_tensor(g, layer, float_matmul)
         if out is not None:
             plan.grids.append(out)
             plan.output_grid[layer.name] = out
