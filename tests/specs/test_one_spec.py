@@ -45,13 +45,16 @@ def _wide_help(monkeypatch):
 def test_quantize_help_lists_the_recipe_section_names_and_defaults(capsys):
     shown = _help_defaults(capsys, "quantize")
     section = QuantizeStageSpec()
-    shared = [n for n in QuantizeSpec.model_fields if n not in ("method_options", "qat")] + ["calib_samples"]
+    sections = ("method_options", "qat", "adaround")
+    shared = [n for n in QuantizeSpec.model_fields if n not in sections] + ["calib_samples"]
     for name in shared:
         declared = QuantizeStageSpec.model_fields[name].get_default(call_default_factory=True)
         assert shown[_flag(name)] == _shown(declared), name
     for name in TrainSpec.model_fields:  # the QAT section, flattened as --qat-<field>
         assert shown[_flag(f"qat_{name}")] == _shown(getattr(section.qat, name)), name
     assert section.qat.epochs == 2 and section.qat.lr == 1e-4  # its own defaults, not TrainSpec's
+    for name, info in type(section.adaround).model_fields.items():  # AdaRound's, as --adaround-<field>
+        assert shown[_flag(f"adaround_{name}")] == _shown(info.default), name
 
 
 def test_training_commands_show_the_train_section_defaults(capsys):

@@ -1,10 +1,11 @@
 """Accuracy-budget search: the smallest (or fastest) int8 model within ``max_accuracy_drop`` of the teacher.
 
-Candidates combine calibrator, bit width, weight granularity, an optional extra pruning ratio and
-float fallback of the k most sensitive layers. Each is exported to ONNX and judged on the *validation*
-split in ONNX Runtime (what will ship); the chosen one is then measured on the test split by the
-runner, so tuning and reporting never see the same data. When no candidate meets the budget, the
-closest is kept and the miss is recorded: a long search never ends with nothing.
+Candidates combine calibrator, bit width, weight granularity, weight rounding (nearest or AdaRound), an
+optional extra pruning ratio and float fallback of the k most sensitive layers. Each is exported to
+ONNX and judged on the *validation* split in ONNX Runtime (what will ship); the chosen one is then
+measured on the test split by the runner, so tuning and reporting never see the same data. When no
+candidate meets the budget, the closest is kept and the miss is recorded: a long search never ends
+with nothing.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def _quantized(context: TrialContext, params: dict) -> nn.Module:
         per_channel=params["per_channel"],
         skip=params["float_layers"],
         target=context.target,
+        rounding=params["rounding"],
+        adaround={"progress": False},
     )
 
 
@@ -147,9 +150,13 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
     """
     space = budget.search
     amounts = space.prune_amounts or [0.0]
-    grid = list(itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback))
+    grid = list(
+        itertools.product(space.methods, space.bits, space.per_channel, space.float_fallback, space.rounding)
+    )
     if not grid:  # the recipe schema refuses empty lists; a hand-built spec must fail here, not at max([])
-        raise DistiqError("budget.search: methods, bits, per_channel and float_fallback each need a value")
+        raise DistiqError(
+            "budget.search: methods, bits, per_channel, float_fallback and rounding each need a value"
+        )
     if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in space.float_fallback):
         # ranking[:-1] would keep every layer but one in float: refuse what the schema refuses
         raise DistiqError(
@@ -169,7 +176,7 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
         ranking = [r["layer"] for r in sensitivity(base, calib, state.val, method="minmax")]
         contexts[amount] = TrialContext(base, calib, state.val, calib.x[:1], target, threads)
         tasks = []
-        for method, bits, per_channel, fallback in grid:
+        for method, bits, per_channel, fallback, rounding in grid:
             tid = len(trials) + len(tasks)
             params = {
                 "prune": amount,
@@ -177,6 +184,7 @@ def run_search(budget: BudgetSpec, state: RunState, stage_dir: Path) -> StageOut
                 "bits": bits,
                 "per_channel": per_channel,
                 "float_layers": ranking[:fallback],
+                "rounding": rounding,
             }
             tasks.append((params, stage_dir / "trials" / f"trial-{tid:03d}.onnx"))
         results = _run_trials(contexts[amount], tasks, budget.workers)

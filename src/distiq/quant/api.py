@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError
 
-from .ptq import calibrate_, example_from, prepare
+from .ptq import calibrate_, example_from, prepare, round_, take_inputs
 from .qat import qat_
 from .spec import QuantizeSpec
 
@@ -40,9 +40,10 @@ def quantize(
     """A simulated-quantized copy of ``model``.
 
     BN layers are folded into the convs before them and ReLUs fused, weights get per-channel symmetric
-    grids, and (static, qat) activations get asymmetric grids calibrated on ``calib_data``, placed so
-    that the exported QDQ graph maps onto ONNX Runtime's integer kernels. Layers that cannot be
-    quantized are named in a warning and kept in float; ``result.quant_report`` lists everything.
+    grids (rounded to nearest, or with ``rounding="adaround"`` as learned on ``calib_data``), and
+    (static, qat) activations get asymmetric grids calibrated on ``calib_data``, placed so that the
+    exported QDQ graph maps onto ONNX Runtime's integer kernels. Layers that cannot be quantized are
+    named in a warning and kept in float; ``result.quant_report`` lists everything.
 
     Args:
         model: The float model (left untouched).
@@ -66,8 +67,15 @@ def quantize(
     spec, run = _spec_from(spec, options)
     example, calib_data = example_from(model, calib_data, example_input)
     qmodel, _ = prepare(model, spec, example)
+    rounding_inputs = None
+    if spec.rounding == "adaround":
+        if calib_data is None:
+            raise DistiqError("rounding='adaround' needs calib_data: it learns the rounding from inputs")
+        rounding_inputs, calib_data = take_inputs(calib_data, spec.adaround.samples, spec.batch_size)
     if spec.quantizes_activations:
         calibrate_(qmodel, calib_data, spec)
+    if rounding_inputs is not None:  # after calibration: the layers learn on the quantized inputs
+        round_(qmodel, rounding_inputs, spec)
     if spec.mode == "qat":
         data = train_data if train_data is not None else calib_data
         if not isinstance(data, Dataset):

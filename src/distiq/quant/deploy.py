@@ -7,6 +7,12 @@ conversions and is *slower* than the float model. This module asks ORT itself: i
 ``optimized_model_filepath`` set, reads back the graph ORT will execute, names every compute node's
 kernel (integer or float) with the reason read off the QDQ pattern around it, and times float against
 int8 sessions, interleaved so that load on a shared machine hits both alike.
+
+4-bit files (INT4 weight initializers) are small, not fast, on ONNX Runtime's CPU provider (1.32, as
+read back from its optimised graph and profiles): no integer Conv/Gemm takes INT4, so each weight's
+``DequantizeLinear`` runs at every inference and a float kernel follows; only a ``MatMul`` whose input
+is float is fused into ``MatMulNBits``, which unpacks the 4-bit weight inside the kernel (and, at its
+default ``accuracy_level`` 4, quantizes the activations to int8 per block). The report says which.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class NodeKernel:
         kernel: "integer" or "float".
         runtime_op: Op type ORT runs after its graph optimisations (e.g. "QLinearConv").
         reason: Why it stays float (empty for integer kernels).
+        weight: How the file stores the weight: "int8", "int4", "uint8", "float" (or "" when it has none).
+        detail: What the kernel does with a 4-bit weight (the dequantization's cost, MatMulNBits' mode).
     """
 
     layer: str
@@ -69,6 +77,8 @@ class NodeKernel:
     kernel: str
     runtime_op: str
     reason: str = ""
+    weight: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -106,16 +116,67 @@ class DeployReport:
 
     def table(self) -> str:
         """The quantized file's kernels as a markdown table."""
-        rows = ["| layer | op | ORT kernel | runs as | why float |", "|---|---|---|---|---|"]
-        rows += [f"| {n.layer} | {n.op} | {n.kernel} | {n.runtime_op} | {n.reason} |" for n in self.after]
+        rows = [
+            "| layer | op | ORT kernel | runs as | why float | weight | 4-bit weight |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows += [
+            f"| {n.layer} | {n.op} | {n.kernel} | {n.runtime_op} | {n.reason} | {n.weight} | {n.detail} |"
+            for n in self.after
+        ]
         return "\n".join(rows)
 
 
 def _layer_name(weight: str) -> str:
-    for suffix in (".weight_int8", ".weight_t", ".weight_quantized", ".weight"):
+    for suffix in (".weight_int8", ".weight_int4", ".weight_t", ".weight_quantized", ".weight"):
         if weight.endswith(suffix):
             return weight[: -len(suffix)]
     return weight
+
+
+FOUR_BIT = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
+STORAGE = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", **FOUR_BIT}
+
+
+def _weight_storage(node: onnx.NodeProto, producers: dict, inits: dict) -> str:
+    """The element type the file stores ``node``'s weight in ("" when it has no weight input)."""
+    weight = node.input[1] if len(node.input) > 1 else ""
+    src = producers.get(weight)
+    init = (
+        inits.get(src.input[0])
+        if src is not None and src.op_type == "DequantizeLinear"
+        else inits.get(weight)
+    )
+    if init is None:
+        return ""
+    return STORAGE.get(init.data_type, "float")
+
+
+def _four_bit_detail(weight: str, runtime_op: str, optimized) -> str:
+    """What ORT does with the 4-bit weight initializer ``weight`` (its fused MatMulNBits reads a
+    repacked copy named after it)."""
+    if runtime_op == "MatMulNBits":
+        level = next(
+            (
+                a.i
+                for n in optimized.graph.node
+                if n.op_type == "MatMulNBits" and any(i.startswith(weight) for i in n.input)
+                for a in n.attribute
+                if a.name == "accuracy_level"
+            ),
+            None,
+        )
+        mode = (
+            "activations quantized to int8 per block at run time, int8 dot products (accuracy_level 4)"
+            if level == 4
+            else f"float compute (accuracy_level {level})"
+        )
+        return f"MatMulNBits unpacks the 4-bit weight inside the kernel; {mode}"
+    return (
+        f"DequantizeLinear expands the 4-bit weight to float at every run, then a float {runtime_op} runs "
+        "(small file, float speed; a static file exported with int4=False keeps int8 containers, which "
+        "ORT runs on integer kernels)"
+    )
 
 
 def _why_float(node: onnx.NodeProto, producers: dict, consumers: dict, inits: dict) -> tuple[str, str]:
@@ -136,6 +197,9 @@ def _why_float(node: onnx.NodeProto, producers: dict, consumers: dict, inits: di
         return layer, f"ORT has no integer kernel for {node.op_type} in QDQ form"
     if w_src is None or w_src.op_type != "DequantizeLinear":
         return layer, "weights are float (layer not quantized)"
+    w_init = inits.get(w_src.input[0])
+    if w_init is not None and w_init.data_type in FOUR_BIT:
+        return layer, f"4-bit weights: ORT has no integer {node.op_type} kernel for INT4"
     if producer_op(node.input[0]) != "DequantizeLinear":
         return layer, "input is not quantized (no DequantizeLinear before it)"
     if len(node.input) > 2 and node.input[2]:
@@ -201,7 +265,13 @@ def kernels(path: str | os.PathLike[str]) -> list[NodeKernel]:
             reason = ""
         elif not reason:
             reason = f"ORT kept {node.op_type} in float"
-        result.append(NodeKernel(layer, node.op_type, "integer" if integer else "float", after, reason))
+        storage = _weight_storage(node, producers, inits)
+        four = storage in FOUR_BIT.values()
+        detail = _four_bit_detail(producers[node.input[1]].input[0], after, optimized) if four else ""
+        if four and node.op_type == "MatMul" and after in ("Gemm", "FusedGemm"):
+            reason = "4-bit weights: ORT fused this MatMul with its bias (and ReLU) into a float Gemm first"
+        kind = "integer" if integer else "float"
+        result.append(NodeKernel(layer, node.op_type, kind, after, reason, storage, detail))
     return result
 
 

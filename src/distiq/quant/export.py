@@ -1,7 +1,7 @@
-"""``distiq.export_onnx``: float models as plain ONNX, quantized ones as int8 QDQ ONNX.
+"""``distiq.export_onnx``: float models as plain ONNX, quantized ones as int8 (or int4) QDQ ONNX.
 
 A quantized model is first *frozen*: each quantized Conv/Linear of a copy is replaced by a module
-holding its int8 weight (and, where the input grid is known, its int32 bias) as integer buffers that
+holding its integer weight (and, where the input grid is known, its int32 bias) as integer buffers that
 feed ``DequantizeLinear``, and activation quantizers switch to ``distiq::qdq`` (see
 :mod:`distiq.quant.onnx_ops`). ``torch.onnx.export`` then writes exactly the QDQ graph ONNX Runtime's
 CPU provider fuses into ``QLinearConv`` / ``QGemm``: integer initializers (the file is about a quarter of
@@ -9,6 +9,16 @@ the float one), an int32 bias with scale ``input_scale * weight_scale``, and ``Q
 activations. Dynamic-mode Linear layers become ``DynamicQuantizeLinear + MatMulInteger`` instead,
 which ORT fuses into its dynamic integer matmul. The batch dimension stays dynamic; the file passes
 ``onnx.checker`` and is written atomically.
+
+Weights of 4 bits or fewer are stored as ONNX ``INT4`` initializers (two per byte, opset 21
+``DequantizeLinear`` with a per-channel axis), so a 4-bit file is about an eighth of the float one.
+What ONNX Runtime (1.32, CPU) then runs, as :func:`~distiq.quant.deploy.kernels` reports it: it has no
+integer Conv/Gemm for INT4 weights, so ``DQ(int4) -> Conv/Gemm`` runs as ``DequantizeLinear`` (the
+weight expanded to float) and a float kernel, the activation Q/DQ pairs too; a weight-only Linear is
+written as ``MatMul`` with the transposed weight, which ORT fuses into ``MatMulNBits`` (4-bit weights
+unpacked inside its kernel) unless it has fused it with a following ReLU into a float Gemm first.
+``int4=False`` keeps int8 containers instead: a file twice as large that ORT runs on ``QLinearConv``
+/ ``QGemm``. Dynamic-mode layers always keep int8 (``MatMulInteger`` takes no INT4).
 """
 
 from __future__ import annotations
@@ -32,33 +42,54 @@ from distiq.errors import DistiqError
 from distiq.io import atomic_path
 
 from .fuse import set_module
-from .modules import ActQuant, QuantConv2d, QuantLinear, quant_layers, set_state
+from .modules import ActQuant, QuantConv2d, QuantLinear, WeightQuant, quant_layers, set_state
 from .onnx_ops import TRANSLATIONS
 from .trace import _tensors
 
 Tensor = torch.Tensor
 #: ONNX metadata key naming the CPU target (:mod:`distiq.quant.target`) a quantized file was made for.
 TARGET_KEY = "distiq.target"
+#: Weights of at most this many bits are written as INT4 initializers.
+INT4_BITS = 4
+#: The first ONNX opset whose DequantizeLinear takes INT4.
+INT4_OPSET = 21
+
+
+def weight_integers(wq: WeightQuant, w: Tensor) -> Tensor:
+    """The integers a weight quantizer maps ``w`` to: its own (learned rounding, e.g. AdaRound's) when
+    it defines them, else round-to-nearest on its grid, as its fake quantization computes them."""
+    own = getattr(wq, "integers", None)
+    if own is not None:
+        return own(w)
+    scale = wq.effective_scale().detach().to(torch.float32)
+    zp = wq.zero_point.to(torch.int32)
+    shape = [-1] + [1] * (w.dim() - 1) if scale.dim() else []
+    return torch.clamp(torch.round(w / scale.reshape(shape)) + zp.reshape(shape), wq.qmin, wq.qmax)
 
 
 class _FrozenLayer(nn.Module):
-    """A quantized layer reduced to integers: int8 weight (+ int32 bias) buffers and its quantizers."""
+    """A quantized layer reduced to integers: int8 weight (+ int32 bias) buffers and its quantizers.
 
-    def __init__(self, layer: QuantConv2d | QuantLinear) -> None:
+    ``int4``: name the weight buffer ``weight_int4``, which :func:`_int4_initializers` rewrites as an
+    INT4 initializer after export (torch has no 4-bit dtype to export directly), and keep the bias
+    float: ORT fuses no INT4 layer into an integer kernel, so an int32 bias (and its scale tensor, 8
+    bytes a channel) would buy nothing, and the float bias is the one the simulation adds.
+    """
+
+    def __init__(self, layer: QuantConv2d | QuantLinear, int4: bool = False) -> None:
         super().__init__()
         wq = layer.weight_quant
         scale = wq.effective_scale().detach().to(torch.float32)
         zp = wq.zero_point.to(torch.int32)
-        shape = [-1] + [1] * (layer.weight.dim() - 1) if scale.dim() else []
-        w = layer.weight.detach()
-        q = torch.clamp(torch.round(w / scale.reshape(shape)) + zp.reshape(shape), wq.qmin, wq.qmax)
-        self.register_buffer("weight_int8", q.to(torch.int8))
+        q = weight_integers(wq, layer.weight.detach())
+        self.weight_name = "weight_int4" if int4 else "weight_int8"
+        self.register_buffer(self.weight_name, q.to(torch.int8))
         self.register_buffer("weight_scale", scale.clone())
         self.register_buffer("weight_zero_point", zp.to(torch.int8))
         self.input_quant, self.output_quant, self.relu = layer.input_quant, layer.output_quant, layer.relu
         self.register_buffer("bias_float", None)
         grid = layer.input_grid[0] if layer.input_grid else None
-        if layer.bias is not None and grid is not None and grid.enabled:
+        if layer.bias is not None and grid is not None and grid.enabled and not int4:
             bias_scale = (grid.effective_scale().detach() * scale).to(torch.float32).expand(q.shape[0])
             bias_q = torch.round(layer.bias.detach() / bias_scale).clamp(-(2**31), 2**31 - 1)
             self.register_buffer("bias_int32", bias_q.to(torch.int32))
@@ -69,7 +100,8 @@ class _FrozenLayer(nn.Module):
 
     def _weight_bias(self) -> tuple[Tensor, Tensor | None]:
         axis = 0
-        w = torch.ops.distiq.dequantize(self.weight_int8, self.weight_scale, self.weight_zero_point, axis)
+        q = getattr(self, self.weight_name)
+        w = torch.ops.distiq.dequantize(q, self.weight_scale, self.weight_zero_point, axis)
         if hasattr(self, "bias_int32"):
             b = torch.ops.distiq.dequantize(self.bias_int32, self.bias_scale, self.bias_zero_point, 0)
             return w, b
@@ -85,8 +117,8 @@ class _FrozenLayer(nn.Module):
 
 
 class _FrozenConv2d(_FrozenLayer):
-    def __init__(self, conv: QuantConv2d) -> None:
-        super().__init__(conv)
+    def __init__(self, conv: QuantConv2d, int4: bool = False) -> None:
+        super().__init__(conv, int4)
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         if conv.padding_mode != "zeros":
@@ -104,6 +136,32 @@ class _FrozenLinear(_FrozenLayer):
         return self._finish(F.linear(self._input(x), w, b))
 
 
+class _FrozenMatMulLinear(nn.Module):
+    """A weight-only 4-bit Linear as ``MatMul(x, DQ(W^T int4, axis=1)) + bias``: the pattern ONNX
+    Runtime fuses into ``MatMulNBits`` (it fuses no ``Gemm``, nor a ``MatMul`` whose input is
+    quantized). ORT 1.32 first fuses a MatMul + Add followed by a ReLU into a float ``FusedGemm``,
+    so in practice the layers without a ReLU after them get MatMulNBits; ``kernels`` says which."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        wq = layer.weight_quant
+        q = weight_integers(wq, layer.weight.detach())
+        self.register_buffer("weight_int4", q.t().contiguous().to(torch.int8))
+        self.register_buffer("weight_scale", wq.effective_scale().detach().to(torch.float32).clone())
+        self.register_buffer("weight_zero_point", torch.zeros_like(self.weight_scale, dtype=torch.int8))
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), False)
+        self.relu, self.output_quant = layer.relu, layer.output_quant
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.ops.distiq.dequantize(self.weight_int4, self.weight_scale, self.weight_zero_point, 1)
+        y = torch.matmul(x, w)
+        if self.bias is not None:
+            y = y + self.bias
+        if self.relu:
+            y = F.relu(y)
+        return self.output_quant(y) if self.output_quant is not None else y
+
+
 class _FrozenDynamicLinear(nn.Module):
     """A dynamic-mode Linear: int8 weight ``[in, out]`` for ``MatMulInteger``, float bias."""
 
@@ -111,8 +169,7 @@ class _FrozenDynamicLinear(nn.Module):
         super().__init__()
         wq = layer.weight_quant
         scale = wq.effective_scale().detach().to(torch.float32)
-        shape = [-1, 1] if scale.dim() else []
-        q = torch.clamp(torch.round(layer.weight.detach() / scale.reshape(shape)), wq.qmin, wq.qmax)
+        q = weight_integers(wq, layer.weight.detach())
         self.register_buffer("weight_t", q.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale.clone())
         self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.int8))
@@ -124,20 +181,30 @@ class _FrozenDynamicLinear(nn.Module):
         )
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """An export-ready copy of a quantized model: integer layers, quantizers in the "export" state."""
+def _int4_weight(layer: QuantConv2d | QuantLinear, int4: bool) -> bool:
+    return int4 and layer.weight_quant.bits <= INT4_BITS
+
+
+def freeze(model: nn.Module, int4: bool = True) -> nn.Module:
+    """An export-ready copy of a quantized model: integer layers, quantizers in the "export" state.
+
+    ``int4``: weights of at most 4 bits become INT4 initializers (see the module docstring).
+    """
     frozen = copy.deepcopy(model).eval()
     for path, layer in quant_layers(frozen).items():
         if not layer.weight_quant.enabled:
             continue  # float weights (switched off by a sensitivity search): exported as float
+        four = _int4_weight(layer, int4)
         if isinstance(layer.input_quant, ActQuant) and layer.input_quant.source.dynamic:
             if not isinstance(layer, QuantLinear):
                 raise DistiqError(f"export: dynamic quantization of {path} ({type(layer).__name__})")
             set_module(frozen, path, _FrozenDynamicLinear(layer))
         elif isinstance(layer, QuantConv2d):
-            set_module(frozen, path, _FrozenConv2d(layer))
+            set_module(frozen, path, _FrozenConv2d(layer, four))
+        elif four and not layer.input_grid and layer.input_quant is None:  # weight-only: MatMulNBits
+            set_module(frozen, path, _FrozenMatMulLinear(layer))
         else:
-            set_module(frozen, path, _FrozenLinear(layer))
+            set_module(frozen, path, _FrozenLinear(layer, four))
     set_state(frozen, "export")
     for p in frozen.parameters():
         p.requires_grad_(False)
@@ -161,7 +228,7 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
     inits = {i.name: i for i in graph.initializer}
     # weights keep their module path: it names the layer in reports and deployability checks
     keep = {v.name for v in [*graph.input, *graph.output]}
-    keep |= {n for n in inits if n.rsplit(".", 1)[-1] in ("weight", "weight_int8", "weight_t")}
+    keep |= {n for n in inits if n.rsplit(".", 1)[-1] in ("weight", "weight_int8", "weight_int4", "weight_t")}
     names: dict[str, str] = {}
 
     def short(name: str) -> str:
@@ -188,6 +255,40 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
     for init in unused:
         graph.initializer.remove(init)
     return model
+
+
+def _int4_initializers(model: onnx.ModelProto) -> int:
+    """Rewrite every ``*.weight_int4`` initializer (int8 values in ``[-8, 7]``) as ONNX ``INT4``, two
+    values a byte, and drop its all-zero zero point (optional in ``DequantizeLinear``, and it would have
+    to be INT4 too); the file's default-domain opset is raised to 21, the first with INT4 in
+    ``DequantizeLinear``. Returns the number of initializers rewritten."""
+    import ml_dtypes
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    done = 0
+    for node in graph.node:
+        name = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        if not name.endswith(".weight_int4") or inits[name].data_type == onnx.TensorProto.INT4:
+            continue
+        values = numpy_helper.to_array(inits[name])
+        if values.min() < -8 or values.max() > 7:
+            raise DistiqError(f"export: {name} holds values outside INT4's [-8, 7]")
+        inits[name].CopyFrom(numpy_helper.from_array(values.astype(ml_dtypes.int4), name))
+        if len(node.input) == 3:
+            zp = inits.get(node.input[2])
+            if zp is None or numpy_helper.to_array(zp).any():
+                raise DistiqError(f"export: {name} has a non-zero zero point; INT4 weights are symmetric")
+            del node.input[2]
+        done += 1
+    if done:
+        for opset in model.opset_import:
+            if opset.domain in ("", "ai.onnx") and opset.version < INT4_OPSET:
+                opset.version = INT4_OPSET
+        used = {n for node in graph.node for n in node.input}
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
+    return done
 
 
 class _NoTorchvisionNotice(logging.Filter):
@@ -249,6 +350,7 @@ def export_onnx(
     example_input: Tensor,
     *,
     opset: int | None = None,
+    int4: bool = True,
 ) -> Path:
     """Write ``model`` as ONNX: plain float, or int8 QDQ when it came from :func:`distiq.quantize`.
 
@@ -256,7 +358,9 @@ def export_onnx(
         model: A float model, or a simulated-quantized one (static, qat, weight-only or dynamic).
         path: Destination ``.onnx`` file, replaced atomically.
         example_input: An input batch (its batch size does not matter: the batch stays dynamic).
-        opset: ONNX opset (default: the exporter's).
+        opset: ONNX opset (default: the exporter's; at least 21 when the file holds INT4 weights).
+        int4: Store weights of 4 bits or fewer as INT4 (a file about 1/8 of the float one, run by ORT
+            on float kernels or MatMulNBits); ``False``: int8 containers (about 1/4, integer kernels).
 
     Returns:
         ``path``.
@@ -268,11 +372,12 @@ def export_onnx(
     from .modules import is_quantized
 
     was_training = model.training
-    target = freeze(model) if is_quantized(model) else copy.deepcopy(model).eval()
+    target = freeze(model, int4) if is_quantized(model) else copy.deepcopy(model).eval()
     try:
         proto = to_onnx(target, example_input, opset)
     finally:
         model.train(was_training)
+    _int4_initializers(proto)
     report = getattr(model, "quant_report", None)
     if getattr(report, "target", ""):
         # which kernels the integer grids were made for: deploy_check compares it with the CPU it runs on

@@ -38,6 +38,7 @@ from distiq.data.arrays import as_arrays
 from distiq.errors import DistiqError
 from distiq.models.hooks import get_module
 
+from .adaround import adaround_
 from .fuse import FusedGroup, fold_bn_, set_module
 from .modules import (
     ActQuant,
@@ -76,6 +77,8 @@ class QuantReport:
         calibration_seconds: Wall-clock time of the calibration pass.
         calibration_samples: Samples streamed through the calibrators.
         target: The CPU target the grids were made for (``config.target`` resolved).
+        rounding: AdaRound's per-layer records (output error with nearest and learned rounding, share
+            of weights rounded the other way, seconds); empty with nearest rounding.
     """
 
     config: dict
@@ -86,6 +89,7 @@ class QuantReport:
     calibration_seconds: float = 0.0
     calibration_samples: int = 0
     target: str = ""
+    rounding: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -357,4 +361,47 @@ def calibrate_(qmodel: nn.Module, data: Any, config: QuantizeSpec) -> QuantRepor
     return report
 
 
-__all__ = ["MODES", "FusedGroup", "QuantReport", "calibrate_", "iter_inputs", "prepare"]
+def take_inputs(data: Any, count: int, batch_size: int = 64) -> tuple[torch.Tensor, Any]:
+    """The first ``count`` inputs of ``data`` as one tensor, and ``data`` again (re-chained when it is a
+    one-shot iterator, so calibration still sees every batch)."""
+    taken: list[torch.Tensor] = []
+    if isinstance(data, Iterator):
+        raw = []
+        for batch in data:
+            raw.append(batch)
+            taken.append(next(iter_inputs([batch], batch_size)))
+            if sum(len(t) for t in taken) >= count:
+                break
+        data = itertools.chain(raw, data)
+    else:
+        for batch in iter_inputs(data, batch_size):
+            taken.append(batch)
+            if sum(len(t) for t in taken) >= count:
+                break
+    if not taken:
+        raise DistiqError("calib_data is empty")
+    return torch.cat(taken)[:count], data
+
+
+def round_(qmodel: nn.Module, inputs: torch.Tensor, config: QuantizeSpec) -> QuantReport:
+    """Apply ``config.rounding`` to ``qmodel``'s weights in place (nearest: nothing to do; adaround:
+    learned on ``inputs``, after the activation grids are calibrated) and record what it did."""
+    report: QuantReport = qmodel.quant_report  # type: ignore[assignment]
+    if config.rounding == "adaround":
+        report.rounding = adaround_(qmodel, inputs, config.adaround)
+        by_layer = {r["layer"]: r for r in report.rounding}
+        for entry in report.layers:
+            entry["rounding"] = "adaround" if entry["layer"] in by_layer else "nearest"
+    return report
+
+
+__all__ = [
+    "MODES",
+    "FusedGroup",
+    "QuantReport",
+    "calibrate_",
+    "iter_inputs",
+    "prepare",
+    "round_",
+    "take_inputs",
+]

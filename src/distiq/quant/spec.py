@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError, validation_message
 
+from .adaround import AdaRoundSpec
 from .observers import OBSERVERS, check_bits
 from .target import resolve_target
 
 MODES = ("static", "dynamic", "weight-only", "qat")
+ROUNDINGS = ("nearest", "adaround")
 THIN_CONV_CHANNELS = 4
 
 
@@ -45,6 +47,12 @@ class QuantizeSpec(BaseModel):
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the activation calibrator, e.g. {percentile: 99.9}."
     )
+    rounding: Literal["nearest", "adaround"] = Field(
+        "nearest",
+        description="Weight rounding: nearest, or adaround (up/down learned per weight to reconstruct "
+        "each layer's output on the calibration data; slower, pays off at 4 bits and below).",
+    )
+    adaround: AdaRoundSpec = Field(default_factory=AdaRoundSpec, description="AdaRound options.")
     skip: list[str] = Field(default_factory=list, description="Layers (module paths) kept in float.")
     calib_batches: int | None = Field(None, ge=1, description="Use at most this many calibration batches.")
     batch_size: int = Field(64, ge=1, description="Calibration batch size (data given as a dataset).")
@@ -96,6 +104,15 @@ class QuantizeSpec(BaseModel):
     def _default_weight_method(self) -> QuantizeSpec:
         if self.weight_method is None:
             self.weight_method = "minmax" if self.bits == 8 else "mse"
+        return self
+
+    @model_validator(mode="after")
+    def _rounding_applies(self) -> QuantizeSpec:
+        if self.rounding == "adaround" and self.mode == "qat":
+            raise ValueError(
+                "rounding 'adaround' is for post-training modes (static, dynamic, weight-only): QAT "
+                "learns its weights, and with them their rounding"
+            )
         return self
 
     @property
