@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch lies on local disk; asking for it first keeps pip off the CUDA builds
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,mlflow,hf]'
+	$(BIN)/pip install -q -e '.[dev,mlflow,hf,keras]'
 	touch $(STAMP)
 
 data:

@@ -14,6 +14,7 @@ from distiq.engine.weights import load_model
 from distiq.evaluate.api import evaluate
 from distiq.evaluate.fit import check_fits
 from distiq.models import create
+from distiq.models.zoo import is_keras_file
 
 from .common import (
     CodeOptions,
@@ -33,7 +34,9 @@ class DistillOptions(DistillSpec, DataOptions, TrainingOptions, CodeOptions, Rer
     """Options of ``distiq distill``: the recipe's ``distill:`` section (:class:`DistillSpec`, training
     options flat) plus the teacher file, data and output folder of one command."""
 
-    teacher: Path = Field(description="Teacher weights (.safetensors written by distiq train).")
+    teacher: Path = Field(
+        description="Teacher weights (.safetensors written by distiq train) or a .keras file."
+    )
     out: Path = Field(
         Path("runs/distill"),
         description="Output folder. A rerun with the same options, data and teacher file contents "
@@ -53,7 +56,10 @@ def run_distill(opts: DistillOptions) -> dict:
 def _distill(opts: DistillOptions) -> dict:
     """The distillation, inside the folder's lock; the teacher file's contents are an input."""
     train_set, val_set, test_set = prepare_data(opts)
-    teacher = load_model(opts.teacher, allow_code=allowed_code(opts, opts.student))
+    if is_keras_file(opts.teacher):  # a Keras 3 file, loaded in safe mode (the keras extra)
+        teacher = create(str(opts.teacher))
+    else:
+        teacher = load_model(opts.teacher, allow_code=allowed_code(opts, opts.student))
     check_fits(teacher, train_set, opts.teacher)
     inputs = training_inputs(opts, {"teacher": opts.teacher})
     options = training_config(opts, opts.out)

@@ -13,6 +13,8 @@ from pydantic import ConfigDict, Field
 
 from distiq.errors import DistiqError
 from distiq.io import write_bytes_atomic, write_json_atomic
+from distiq.models import create
+from distiq.models.zoo import is_keras_file
 from distiq.onnx.command import quantize_onnx_command
 from distiq.pipeline.recipe import QuantizeStageSpec
 from distiq.pipeline.runner import run
@@ -26,7 +28,7 @@ class QuantizeOptions(QuantizeStageSpec, CodeOptions):
 
     model_config = ConfigDict(extra="forbid")
     model: Path = Field(
-        description="Weights (.safetensors written by distiq train/distill) or an .onnx file."
+        description="Weights (.safetensors written by distiq train/distill), an .onnx or a .keras file."
     )
     data: str = Field("fashion-mnist", description="Dataset name, .npz file or image folder.")
     data_root: str | None = Field(None, description="Folder of the dataset's files.")
@@ -59,7 +61,11 @@ def run_quantize(opts: QuantizeOptions) -> dict:
     """Quantize as a one-stage run of the pipeline (the same stage code as a recipe's ``quantize:``),
     copy its int8 and float files to ``model.onnx`` / ``float.onnx``, write ``report.json``; return the
     report. The accuracy reported is the one ORT delivers on the test split."""
+    if is_keras_file(opts.model):  # a Keras file: its ONNX export (checked against Keras), as an ONNX file
+        opts = opts.model_copy(update={"model": keras_onnx(opts.model, opts.out / "keras-float.onnx")})
     if opts.model.suffix.lower() == ".onnx":  # a model given only as an ONNX file: quantized as ONNX
+        if opts.rounding != "nearest":
+            raise DistiqError(f"quantize: --rounding {opts.rounding} needs PyTorch weights, not an ONNX file")
         return quantize_onnx_command(opts, console.out)
     if len(opts.model_code) > 1:
         raise DistiqError("quantize: --model-code: one factory (the one the weights file names), got several")
@@ -108,3 +114,11 @@ def _latency(float_metrics: dict, int8_metrics: dict) -> dict:
     """Float vs int8 median latency (ms), from the run's one interleaved measurement of both files."""
     keys = {"1": "latency_ms_p50", "256": "latency_ms_batch256"}
     return {b: {"float": float_metrics[k], "int8": int8_metrics[k]} for b, k in keys.items()}
+
+
+def keras_onnx(path: Path, out: Path) -> Path:
+    """A ``.keras`` file (safe mode) exported to float ONNX at ``out`` (the keras extra)."""
+    model = create(str(path))  # its KerasModule view, or one line saying the extra is missing
+    from distiq.keras import export_onnx  # the optional extra, present once create succeeded
+
+    return export_onnx(model, out)

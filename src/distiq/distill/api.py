@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -57,8 +58,10 @@ def distill(
         **train_options: Options of :class:`distiq.engine.config.TrainConfig` (epochs, lr, ...).
 
     Returns:
-        The training result; ``result.model`` is the student.
+        The training result; ``result.model`` is the student (for a Keras student, its
+        :class:`distiq.keras.KerasModule` view; the Keras model itself is trained in place).
     """
+    teacher, student = keras_view(teacher), keras_view(student)
     train_set = as_arrays(train_data)
     specs = [f if isinstance(f, FeatureSpec) else FeatureSpec(**f) for f in features]
     if init_from_teacher:
@@ -71,3 +74,14 @@ def distill(
         student, teacher, logit_loss, alpha, specs, train_set.x[:2], cached_logits=cached
     )
     return train(student, train_set, val_data, objective=objective, **train_options)
+
+
+def keras_view(model: nn.Module) -> nn.Module:
+    """A Keras model as its :class:`distiq.keras.KerasModule` (channels first, one state-dict entry
+    per variable, layers by name); any other module as it is. Keras is looked up, never imported."""
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Model):
+        from distiq.keras import as_module  # the optional extra, needed only for Keras models
+
+        return as_module(model)
+    return model

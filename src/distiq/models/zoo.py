@@ -46,7 +46,9 @@ def create(
 
     Args:
         name: A name from :func:`names` or ``"package.module:factory"``; the factory is called with
-            ``num_classes``, ``in_channels``, ``image_size`` and ``options`` as keywords.
+            ``num_classes``, ``in_channels``, ``image_size`` and ``options`` as keywords. A path to a
+            ``.keras`` file gives that Keras model as a :class:`distiq.keras.KerasModule` (the sizes
+            are the file's; the ``keras`` extra).
         num_classes: Size of the output logits.
         in_channels: Channels of the input images (1 for grey, 3 for colour).
         image_size: Side of the square input images; every built-in model works from 8 pixels up.
@@ -59,6 +61,8 @@ def create(
         DistiqError: (a ``ValueError``) for an unknown name, an option the family does not take, a
             bad size, or a user factory that cannot be imported, is not callable or returns no module.
     """
+    if is_keras_file(name):
+        return _keras_file(name, options)
     for key, value in (
         ("num_classes", num_classes),
         ("in_channels", in_channels),
@@ -111,7 +115,7 @@ def create_from_config(
             f"{source}: names model code {name!r}, which loading a file never imports; "
             f"if you trust it, allow it with --model-code {name} (Python: allow_code=[{name!r}])"
         )
-    if ":" not in name and name not in MODELS:
+    if ":" not in name and name not in MODELS and not is_keras_file(name):
         raise DistiqError(f"{source}: unknown model {name!r}; known: {', '.join(MODELS.names())}")
     try:
         return create(name, **rest)
@@ -160,6 +164,25 @@ def scaled(channels: int, width: float) -> int:
     if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
         raise DistiqError(f"width multiplier must be a positive number, got {width!r}")
     return max(1, round(channels * width))
+
+
+def is_keras_file(name: object) -> bool:
+    """Whether a model reference names a Keras 3 file (by its suffix, as for ONNX files)."""
+    return name is not None and str(name).lower().endswith(".keras")
+
+
+def _keras_file(path: str, options: dict[str, Any]) -> nn.Module:
+    """A Keras 3 file as a torch module (:func:`distiq.keras.load_model`, safe mode: loading it runs no
+    code, so a weights file may name one). Its architecture and sizes are the file's own."""
+    if options:
+        raise DistiqError(f"model {path!r}: a .keras file takes no options, got {', '.join(options)}")
+    try:
+        from distiq.keras import load_model  # the optional extra, needed only for .keras files
+    except ImportError:
+        raise DistiqError(
+            f"model {path!r}: Keras models need the keras extra (pip install 'distiq[keras]')"
+        ) from None
+    return load_model(path)
 
 
 def _registered(name: str) -> Callable[..., nn.Module]:

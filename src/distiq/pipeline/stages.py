@@ -20,6 +20,7 @@ from distiq.engine.weights import load_model, save_weights
 from distiq.evaluate.latency import export_for_timing
 from distiq.io import write_bytes_atomic
 from distiq.models import create
+from distiq.models.zoo import is_keras_file
 from distiq.onnx.module import OnnxModel, is_onnx_file
 from distiq.prune.structured import load_pruned
 
@@ -94,11 +95,13 @@ def recipe_code(recipe: Recipe) -> list[str]:
 
 
 def run_teacher(spec: TeacherSpec, state: RunState, stage_dir: Path) -> StageOutput:
-    """Load the teacher's weights (or ONNX file), or train it."""
+    """Load the teacher's weights (or ONNX or Keras file), or train it."""
     if is_onnx_file(spec.weights):  # a teacher given only as ONNX: ORT computes its logits
         onnx = stage_dir / "model.onnx"
         write_bytes_atomic(onnx, Path(spec.weights).read_bytes())
         return StageOutput(OnnxModel(onnx), onnx, {"onnx": onnx, "onnx_model": onnx}, [])
+    if is_keras_file(spec.weights):  # a trained Keras model (safe mode: the file runs no code)
+        return _finish(create(str(spec.weights)), None, state, stage_dir)
     if spec.weights is not None:
         return _finish(load_model(spec.weights, allow_code=recipe_code(state.recipe)), None, state, stage_dir)
     torch.manual_seed(state.recipe.seed)

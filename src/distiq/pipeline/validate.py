@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +30,7 @@ from distiq.engine.weights import load_model
 from distiq.errors import DistiqError
 from distiq.evaluate.fit import check_fits
 from distiq.models import MODELS, create
+from distiq.models.zoo import is_keras_file
 from distiq.onnx.module import OnnxModel, is_onnx_file
 from distiq.prune.structured import IMPORTANCES
 from distiq.quant.observers import OBSERVERS
@@ -110,6 +112,25 @@ def name_problems(recipe: Recipe) -> list[str]:
         _search_names(problems, recipe.budget.search)
     if is_onnx_file(recipe.teacher.weights):
         problems += onnx_teacher_problems(recipe)
+    problems += keras_problems(recipe)
+    return problems
+
+
+def keras_problems(recipe: Recipe) -> list[str]:
+    """What a recipe cannot do with a Keras model as the model the compression stages receive: the
+    prune and quantize stages rewrite torch.nn layers, and a Keras model's layers are Keras ops."""
+    spec = recipe.distill
+    compressed = spec.student if spec is not None else recipe.teacher.weights or recipe.teacher.model
+    if not is_keras_file(compressed):
+        return []
+    why = f"the model it receives is a Keras model ({compressed})"
+    problems = []
+    if recipe.prune is not None:
+        problems.append(f"prune: {why}; prune it in Python with distiq.keras.prune_ (magnitude)")
+    if recipe.quantize is not None:
+        problems.append(f"quantize: {why}; quantize it with distiq.keras.quantize (through ONNX)")
+    if recipe.budget is not None:
+        problems.append(f"budget: the search quantizes torch.nn layers and {why}")
     return problems
 
 
@@ -128,6 +149,10 @@ def onnx_teacher_problems(recipe: Recipe) -> list[str]:
             problems.append(f"prune: {why}; distill it into a PyTorch student first (a distill: section)")
         if recipe.quantize is not None and recipe.quantize.mode == "qat":
             problems.append(f"quantize.mode: 'qat' trains a PyTorch model and {why}; use static or dynamic")
+        if recipe.quantize is not None and recipe.quantize.rounding != "nearest":
+            problems.append(
+                f"quantize.rounding: {recipe.quantize.rounding!r} learns PyTorch weights and {why}"
+            )
         if recipe.budget is not None:
             problems.append(f"budget: the search quantizes PyTorch models and {why}; use quantize.budget")
     if recipe.evaluate.attribution is not None:
@@ -136,7 +161,10 @@ def onnx_teacher_problems(recipe: Recipe) -> list[str]:
 
 
 def _registered_model(problems: list[str], field: str, name: object) -> None:
-    if not isinstance(name, str) or ":" not in name:  # "package.module:factory" is checked when built
+    if is_keras_file(name):  # a Keras file: it must exist; what it holds is checked when built
+        if not Path(str(name)).is_file():
+            problems.append(f"{field}: Keras model file not found: {name}")
+    elif not isinstance(name, str) or ":" not in name:  # "package.module:factory": checked when built
         _attempt(problems, field, lambda: MODELS.get(name))
 
 
@@ -218,6 +246,10 @@ def _teacher_fits(recipe: Recipe, shape: dict, train: ArrayDataset) -> nn.Module
     if is_onnx_file(spec.weights):
         check_fits(spec.weights, train)
         return OnnxModel(spec.weights)
+    if is_keras_file(spec.weights):
+        model = create(str(spec.weights))
+        check_fits(model, train, spec.weights)
+        return model
     model = load_model(spec.weights, allow_code=recipe_code(recipe))  # as the teacher stage loads it
     check_fits(model, train, spec.weights)
     return model
