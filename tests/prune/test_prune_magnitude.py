@@ -22,6 +22,7 @@ from distiq.prune import (
     sparsity_rich_table,
     sparsity_table,
 )
+from distiq.prune.magnitude import EmptiedLayerWarning
 
 
 def net(seed: int = 0) -> nn.Module:
@@ -52,6 +53,13 @@ def test_hand_worked_global_and_layer_thresholds():
     # per-layer amounts: b alone loses one third
     per = magnitude_masks({"a": a, "b": b}, {"b": 1 / 3})
     assert per["a"].tolist() == [[1.0, 1.0], [1.0, 1.0]] and per["b"].tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_global_threshold_that_empties_a_layer_is_named():
+    weights = {"big": torch.tensor([[5.0, 6.0, 7.0, 8.0]]), "small": torch.tensor([[0.1, 0.2]])}
+    with pytest.warns(EmptiedLayerWarning, match="removes every weight of small"):
+        masks = magnitude_masks(weights, 1 / 3, scope="global")  # 2 of 6 zeros: both of "small"
+    assert masks["small"].sum() == 0 and masks["big"].sum() == 4
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.5, 0.9])

@@ -17,8 +17,17 @@ from pydantic import ConfigDict, Field
 from distiq.evaluate.api import evaluate
 from distiq.evaluate.fit import check_fits
 from distiq.models import count_parameters
-from distiq.prune import load_pruned, prune, save_pruned, sparse, sparsity_rich_table, sparsity_table
-from distiq.prune.spec import PruneSpec
+from distiq.prune import (
+    load_pruned,
+    prune,
+    save_pruned,
+    share_weights,
+    sparse,
+    sparsity_rich_table,
+    sparsity_table,
+)
+from distiq.prune.sharing import fold_sharing_, sharing_table
+from distiq.prune.spec import PruneSpec, SharingSpec
 
 from .common import (
     CodeOptions,
@@ -33,9 +42,10 @@ from .common import (
 from .options import command
 
 
-class PruneOptions(PruneSpec, DataOptions, TrainingOptions, CodeOptions):
-    """Options of ``distiq prune``: what to remove (:class:`PruneSpec`, as in a recipe's ``prune:``)
-    plus the weights file, its fine-tuning and the output folder of one command."""
+class PruneOptions(PruneSpec, SharingSpec, DataOptions, TrainingOptions, CodeOptions):
+    """Options of ``distiq prune``: what to remove (:class:`PruneSpec`) and how to share the rest
+    (:class:`SharingSpec`), as in a recipe's ``prune:``, plus the weights file, its fine-tuning and the
+    output folder of one command."""
 
     weights: Path = Field(description="Trained model (.safetensors written by distiq train/distill).")
     pruning_schedule: str = Field(
@@ -49,7 +59,9 @@ class PruneOptions(PruneSpec, DataOptions, TrainingOptions, CodeOptions):
     loss: str = Field("kd", description="Distillation loss with a teacher: kd, mse, hard-kd, dkd.")
     temperature: float = Field(4.0, gt=0, description="Distillation temperature.")
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term.")
-    sparse_values: str = Field("int8", description="Values in model.dqsp: int8 (per-row scale) or float32.")
+    sparse_values: str = Field(
+        "int8", description="Values in model.dqsp: int8 (per-row scale) or float32; shared with --share-bits."
+    )
     out: Path = Field(Path("runs/prune"), description="Output folder.")
 
 
@@ -78,6 +90,7 @@ def run_prune(opts: PruneOptions) -> dict:
         if opts.pruning_schedule == "cubic":  # the schedule counts steps from 0, so it must not resume
             options.pop("checkpoint_dir")
     torch.manual_seed(opts.seed)
+    distill_options = {"loss": opts.loss, "temperature": opts.temperature, "alpha": opts.alpha}
     pruned = prune(
         model,
         opts.amount,
@@ -90,11 +103,30 @@ def run_prune(opts: PruneOptions) -> dict:
         pruning_schedule=opts.pruning_schedule,
         ramp=opts.ramp,
         teacher=teacher,
-        distill_options={"loss": opts.loss, "temperature": opts.temperature, "alpha": opts.alpha},
+        distill_options=distill_options,
         **options,
     )
+    shared = None
+    if opts.share_bits is not None:
+        shared = share_weights(
+            pruned,
+            **opts.sharing_options(),
+            exclude=opts.exclude,
+            train_data=train_set if opts.epochs > 0 else None,
+            val_data=val_set,
+            teacher=teacher,
+            distill_options=distill_options,
+            **_share_training(options),
+        )
+    report = sparse.save(
+        shared if shared is not None else pruned,
+        opts.out / "model.dqsp",
+        values="shared" if shared is not None else opts.sparse_values,
+    )
+    sharing = sharing_table(shared) if shared is not None else None
+    if shared is not None:
+        pruned = fold_sharing_(shared)
     save_pruned(pruned, opts.out / "model.safetensors")
-    report = sparse.save(pruned, opts.out / "model.dqsp", values=opts.sparse_values)
     table = sparsity_table(pruned)
     console.print(sparsity_rich_table(table))
     console.print(report.rich_table())
@@ -104,12 +136,20 @@ def run_prune(opts: PruneOptions) -> dict:
         "parameters": {"before": count_parameters(model), "after": count_parameters(pruned)},
         "sparsity": table,
         "compressed": {k: v for k, v in report.to_dict().items() if k != "records"},
+        "sharing": sharing,
         "before": before,
         "val": evaluate(pruned, val_set) if val_set is not None else None,
         "test": evaluate(pruned, test_set) if test_set is not None else None,
     }
     save_summary(opts.out, summary)
     return summary
+
+
+def _share_training(options: dict) -> dict:
+    """The fine-tuning options again for the centroids, checkpointed apart from the pruning's."""
+    if "checkpoint_dir" not in options:
+        return options
+    return options | {"checkpoint_dir": str(Path(options["checkpoint_dir"]).parent / "share-checkpoint")}
 
 
 def run_sparse(opts: SparseOptions) -> dict:

@@ -19,7 +19,8 @@ from distiq.evaluate.stats import spread
 from distiq.onnx.api import OPTIONS as ONNX_OPTIONS
 from distiq.onnx.api import quantize_onnx, report_path
 from distiq.onnx.module import OnnxModel
-from distiq.prune import prune
+from distiq.prune import prune, share_weights, sparse
+from distiq.prune.sharing import fold_sharing_, sharing_table
 from distiq.prune.structured import save_pruned
 from distiq.quant import (
     QuantizeSpec,
@@ -55,12 +56,39 @@ def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOu
         on_epoch_end=lambda epoch, record: history.append(record),
         **opts,
     )
+    artifacts, extra = {}, {}
+    if spec.share_bits is not None:
+        pruned, artifacts, extra = _share(spec, pruned, state, stage_dir, history)
     weights = save_pruned(pruned, stage_dir / "model.safetensors")
     onnx = export_float(pruned, state, stage_dir)
     zeros = sum(int((p == 0).sum()) for p in pruned.parameters())
     total = sum(p.numel() for p in pruned.parameters())
-    extra = {"sparsity": zeros / max(total, 1)}
-    return StageOutput(pruned, onnx, {"weights": weights, "onnx": onnx}, history, extra=extra)
+    extra["sparsity"] = zeros / max(total, 1)
+    return StageOutput(pruned, onnx, {"weights": weights, "onnx": onnx, **artifacts}, history, extra=extra)
+
+
+def _share(
+    spec: PruneStageSpec, pruned: nn.Module, state: RunState, stage_dir: Path, history: list[dict]
+) -> tuple[nn.Module, dict[str, Path], dict]:
+    """Share the pruned model's weights, fine-tune the centroids, store the shared format.
+
+    Returns the model with plain (folded) weights for the stages after it, the compressed file, and
+    its bytes and codebook sizes for the record.
+    """
+    opts = train_options(spec.fine_tune, stage_dir / "share", state.recipe.seed)
+    shared = share_weights(
+        pruned,
+        **spec.sharing_options(),
+        exclude=spec.exclude,
+        train_data=state.train,
+        val_data=state.val,
+        teacher=state.teacher if spec.distill_from_teacher else None,
+        on_epoch_end=lambda epoch, record: history.append({**record, "phase": "share"}),
+        **opts,
+    )
+    report = sparse.save(shared, stage_dir / "model.dqsp")
+    extra = {"compressed_bytes": report.file_bytes, "sharing": sharing_table(shared)}
+    return fold_sharing_(shared), {"compressed": stage_dir / "model.dqsp"}, extra
 
 
 def calibration_histograms(qmodel: nn.Module, batch: torch.Tensor, bins: int = 64) -> list[dict]:

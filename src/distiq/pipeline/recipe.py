@@ -27,7 +27,7 @@ from distiq.engine.config import TrainSpec
 from distiq.errors import DistiqError, validation_message
 from distiq.io import read_yaml_mapping
 from distiq.plugins import load_plugins
-from distiq.prune.spec import PruneSpec
+from distiq.prune.spec import PruneSpec, SharingSpec
 from distiq.quant.observers import OBSERVERS
 from distiq.quant.spec import QuantizeSpec
 
@@ -78,9 +78,10 @@ class DistillStageSpec(DistillSpec):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
-class PruneStageSpec(PruneSpec):
+class PruneStageSpec(PruneSpec, SharingSpec):
     """The recipe's ``prune:`` section: what to remove (:class:`~distiq.prune.spec.PruneSpec`), then a
-    fine-tune of the pruned student (optionally distilling from the teacher)."""
+    fine-tune of the pruned student (optionally distilling from the teacher), then optionally weight
+    sharing with the same fine-tune of its centroids (:class:`~distiq.prune.spec.SharingSpec`)."""
 
     distill_from_teacher: bool = Field(True, description="Fine-tune with KD from the teacher.")
     fine_tune: TrainSpec = Field(default_factory=lambda: TrainSpec(epochs=2, lr=1e-3))
@@ -172,6 +173,11 @@ class SearchSpace(Strict):
     )
     bits: list[Annotated[int, Field(ge=2, le=8)]] = Field(default_factory=lambda: [8], min_length=1)
     per_channel: list[bool] = Field(default_factory=lambda: [True], min_length=1)
+    rounding: list[Literal["nearest", "adaround"]] = Field(
+        default_factory=lambda: ["nearest"],
+        min_length=1,
+        description="Weight roundings to try (adaround: learned per layer, minutes per trial).",
+    )
     prune_amounts: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=list, description="Extra prune amounts to try; empty means no pruning (amount 0)."
     )

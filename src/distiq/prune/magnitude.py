@@ -17,6 +17,7 @@ in place.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -28,6 +29,10 @@ from distiq.errors import DistiqError
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SCOPES = ("global", "layer")
+
+
+class EmptiedLayerWarning(UserWarning):
+    """A pruning left a layer with no weight at all (its output is its bias alone)."""
 
 
 def check_amount(amount: object, what: str = "amount") -> float:
@@ -120,6 +125,15 @@ def magnitude_masks(
     for name, w in weights.items():
         masks[name] = keep[start : start + w.numel()].reshape(w.shape).clone()
         start += w.numel()
+    emptied = [name for name, m in masks.items() if not m.any()]
+    if emptied:  # one global threshold can land above every weight of a layer initialised small
+        warnings.warn(
+            f"global pruning at amount {amount:g} removes every weight of {', '.join(emptied)}: "
+            "the network no longer passes its input through; use scope 'layer', a smaller amount, "
+            "or exclude the layer",
+            EmptiedLayerWarning,
+            stacklevel=2,
+        )
     return masks
 
 

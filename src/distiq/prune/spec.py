@@ -1,6 +1,6 @@
-"""What to prune, declared once: the recipe's ``prune:`` section (which adds its fine-tuning) and the
-options of ``distiq prune`` are this model; ``dq.prune`` and the structured pruner take the same names
-with the same defaults."""
+"""What to prune and how to share what is left, declared once: the recipe's ``prune:`` section (which
+adds its fine-tuning) and the options of ``distiq prune`` are these models; ``dq.prune``, the structured
+pruner and ``dq.prune.share_weights`` take the same names with the same defaults."""
 
 from __future__ import annotations
 
@@ -31,3 +31,28 @@ class PruneSpec(BaseModel):
 
         IMPORTANCES.get(name)  # an unknown name fails when the options load, listing the known ones
         return name
+
+
+class SharingSpec(BaseModel):
+    """Weight sharing after pruning (Deep Compression's second step, :func:`distiq.prune.share_weights`):
+    off unless ``share_bits`` is set; the centroids are fine-tuned as the pruned weights were."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share_bits: int | None = Field(
+        None, ge=1, le=8, description="Codebook index bits per layer (2**bits centroids); None: no sharing."
+    )
+    share_conv_bits: int | None = Field(
+        None, ge=1, le=8, description="Index bits of conv layers (Deep Compression: 8); None: share_bits."
+    )
+    share_init: Literal["linear", "density"] = Field("linear", description="Centroid initialisation.")
+    share_biases: bool = Field(False, description="Share each layer's bias too (its own codebook).")
+
+    def sharing_options(self) -> dict:
+        """Keyword arguments of :func:`distiq.prune.share_weights` (without data and training)."""
+        return {
+            "bits": self.share_bits,
+            "conv_bits": self.share_conv_bits,
+            "init": self.share_init,
+            "biases": self.share_biases,
+        }
