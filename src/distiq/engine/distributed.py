@@ -21,6 +21,7 @@ beyond the checks.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Sequence
@@ -56,7 +57,25 @@ def init_from_env() -> bool:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave_together)
     return True
+
+
+def _leave_together() -> None:
+    """At exit, wait for every rank, then close the group.
+
+    Why: a group left open is torn down by interpreter shutdown in no fixed order; when one rank's
+    sockets close while another's gloo threads still use them, gloo throws from a destructor and that
+    rank dies of SIGABRT although its work was done (seen on a loaded 2-core machine). A rank whose
+    peer is already gone (killed) cannot wait for it and just leaves.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:  # a peer is gone: nothing to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
