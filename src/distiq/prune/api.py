@@ -91,6 +91,18 @@ def fine_tune(
         )
 
 
+def working_copies(
+    model: nn.Module, teacher: nn.Module | str | None, inplace: bool
+) -> tuple[nn.Module, nn.Module | None]:
+    """The model to change (a copy unless ``inplace``) and the teacher to fine-tune from:
+    ``"original"`` is a frozen copy of ``model`` as given, taken before anything changes it."""
+    if isinstance(teacher, str) and teacher != "original":
+        raise DistiqError(f"teacher: expected a model or 'original', got {teacher!r}")
+    if teacher == "original":
+        teacher = copy.deepcopy(model).eval()
+    return (model if inplace else copy.deepcopy(model)), teacher
+
+
 def prune(
     model: nn.Module,
     amount: float | Mapping[str, float],
@@ -146,12 +158,7 @@ def prune(
             "pruning_schedule 'cubic' prunes during fine-tuning: needs train_data, a float amount "
             "and structured=False"
         )
-    if isinstance(teacher, str) and teacher != "original":
-        raise DistiqError(f"teacher: expected a model or 'original', got {teacher!r}")
-    if teacher == "original":
-        teacher = copy.deepcopy(model).eval()
-    if not inplace:
-        model = copy.deepcopy(model)
+    model, teacher = working_copies(model, teacher, inplace)
     if structured:
         prune_channels_(
             model, amount, importance=importance, scope=scope, example_input=example_input, exclude=exclude

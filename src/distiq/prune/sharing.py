@@ -22,7 +22,6 @@ from the same initial centroids; a test checks it); the functions ending in ``_`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from distiq.distill.api import distill
 from distiq.engine.train import train
 from distiq.errors import DistiqError
 
+from .api import working_copies
 from .magnitude import PRUNABLE, fold_masks_, masked_layers, prunable_layers
 
 INITS = ("linear", "density")
@@ -320,12 +320,7 @@ def share_weights(
         The shared model: each layer has ``weight_codebook`` and ``weight_index`` instead of ``weight``
         (:func:`fold_sharing_` makes them plain weights); ``dq.sparse.save`` stores it compactly.
     """
-    if isinstance(teacher, str) and teacher != "original":
-        raise DistiqError(f"teacher: expected a model or 'original', got {teacher!r}")
-    if teacher == "original":
-        teacher = copy.deepcopy(model).eval()
-    if not inplace:
-        model = copy.deepcopy(model)
+    model, teacher = working_copies(model, teacher, inplace)
     share_weights_(model, bits, conv_bits=conv_bits, init=init, exclude=exclude, biases=biases)
     if train_data is not None:
         if teacher is None:
