@@ -113,15 +113,17 @@ def test_a_recipe_refuses_what_it_cannot_do_with_a_keras_student(digits_files, t
     recipe = {
         "teacher": {"weights": str(teacher)},
         "distill": {"student": str(tmp_path / "nope.keras")},
-        "prune": {"amount": 0.5},
+        "prune": {"amount": 0.5, "structured": True},
     }
     with pytest.raises(DistiqError, match=r"distill\.student: Keras model file not found: .*nope\.keras"):
         load_recipe(recipe)
     recipe["distill"]["student"] = str(student)
     with pytest.raises(
-        DistiqError, match=r"prune: the model it receives is a Keras model.*distiq\.keras\.prune_"
+        DistiqError, match=r"prune\.structured: channel pruning .* is a Keras model .*structured: false"
     ):
         load_recipe(recipe)
+    recipe["prune"]["structured"] = False  # magnitude pruning of a Keras student is a recipe stage
+    assert load_recipe(recipe).prune.amount == 0.5
 
 
 def test_the_command_line_distils_keras_files(digits_files, tmp_path, capsys):

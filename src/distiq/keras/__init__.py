@@ -3,7 +3,8 @@
 - :class:`Distiller`: Keras's ``keras.distillation.Distiller`` with distiq's losses (kd, mse, hard-kd,
   dkd, feature terms by layer name); a Keras script moves over by changing its import.
 - :class:`KerasModule` / :func:`load_model`: a Keras model (or a ``.keras`` file, loaded in safe mode)
-  as a torch module in distiq's conventions, for ``dq.distill``, recipes and the command line.
+  as a torch module in distiq's conventions, for ``dq.distill``, recipes and the command line;
+  :func:`save_keras` writes one back, atomically.
 - :func:`prune_`: magnitude pruning of a Keras model's kernels, kept through further training.
 - :func:`export_onnx` and :func:`quantize`: the model as an ONNX file checked against Keras's own
   outputs, then int8 through :func:`distiq.quantize_onnx`.
@@ -23,7 +24,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .distiller import Distiller  # noqa: E402
 from .export import export_onnx, quantize  # noqa: E402
 from .losses import DistiqFeature, DistiqLogits  # noqa: E402
-from .module import KerasModule, as_module, is_keras_file, load_keras, load_model  # noqa: E402
+from .module import KerasModule, as_module, is_keras_file, load_keras, load_model, save_keras  # noqa: E402
 from .prune import prune_  # noqa: E402
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "load_model",
     "prune_",
     "quantize",
+    "save_keras",
 ]

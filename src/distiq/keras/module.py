@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distiq.errors import DataError, DistiqError
+from distiq.io import atomic_path
 from distiq.models.zoo import is_keras_file
 
 from .losses import channels_first
@@ -143,6 +144,35 @@ def load_keras(path: str | os.PathLike[str], compile: bool = False) -> keras.Mod
     except Exception as e:  # Keras raises ValueError, OSError, zipfile errors, TypeError ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DataError(f"{path}: not a loadable Keras model ({first})") from None
+
+
+def save_keras(model: keras.Model | KerasModule, path: str | os.PathLike[str]) -> Path:
+    """Write a Keras model (or its view) as a ``.keras`` file, atomically (:func:`~distiq.io.atomic_path`).
+
+    Why a staged name: Keras writes only to a path ending in ``.keras``, and the atomic writer's temporary
+    file does not, so Keras saves beside it under such a name and the result is renamed into place.
+    """
+    keras_model = model.keras_model if isinstance(model, KerasModule) else model
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        staged = tmp.with_suffix(".keras")
+        try:
+            keras_model.save(staged)
+            os.replace(staged, tmp)
+        finally:
+            staged.unlink(missing_ok=True)
+    return path
+
+
+def clone(view: KerasModule) -> KerasModule:
+    """A view of a copy of ``view``'s Keras model, same architecture and weights (``copy.deepcopy`` of a
+    Keras model is not supported), for a stage that changes a model its caller still holds."""
+    copied = keras.models.clone_model(view.keras_model)
+    copied.set_weights(view.keras_model.get_weights())
+    twin = KerasModule(copied)
+    if hasattr(view, "config"):
+        twin.config = dict(view.config)
+    return twin.train(view.training)
 
 
 def load_model(path: str | os.PathLike[str]) -> KerasModule:

@@ -63,6 +63,15 @@ def kernels(model: keras.Model, exclude: tuple[str, ...] = ()) -> dict[str, Any]
     return {name: k for name, k in found.items() if name not in exclude}
 
 
+def kernel_sparsity(model: Any, exclude: tuple[str, ...] = ()) -> float:
+    """Fraction of zeros in the Dense and convolution kernels of ``model`` (or its view) as they are now:
+    what pruning left, measured on the weights rather than read from the masks."""
+    keras_model = model.keras_model if isinstance(model, KerasModule) else model
+    values = [k.value.detach() for k in kernels(keras_model, exclude).values()]
+    total = sum(v.numel() for v in values)
+    return sum(int((v == 0).sum()) for v in values) / max(total, 1)
+
+
 def prune_(
     model: Any,
     amount: float,

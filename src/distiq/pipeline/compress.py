@@ -33,14 +33,17 @@ from distiq.quant import (
 )
 from distiq.quant.modules import ActQuant, quantizers
 
+from .keras_stages import is_keras_model, keras_float_onnx, run_keras_prune
 from .recipe import PruneStageSpec, QuantizeStageSpec
-from .stages import RunState, StageOutput, export_float, train_options
+from .stages import RunState, StageOutput, export_float, train_options, zero_fraction
 
 console = Console(stderr=True)
 
 
 def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOutput:
     """Prune the current model and fine-tune it, from the teacher when asked."""
+    if is_keras_model(state.model):
+        return run_keras_prune(spec, state, stage_dir)
     history: list[dict] = []
     opts = train_options(spec.fine_tune, stage_dir, state.recipe.seed)
     pruned = prune(
@@ -49,6 +52,7 @@ def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOu
         structured=spec.structured,
         scope=spec.scope,
         importance=spec.importance,
+        exclude=spec.exclude,
         example_input=state.train.x[:2],
         train_data=state.train,
         val_data=state.val,
@@ -61,9 +65,7 @@ def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOu
         pruned, artifacts, extra = _share(spec, pruned, state, stage_dir, history)
     weights = save_pruned(pruned, stage_dir / "model.safetensors")
     onnx = export_float(pruned, state, stage_dir)
-    zeros = sum(int((p == 0).sum()) for p in pruned.parameters())
-    total = sum(p.numel() for p in pruned.parameters())
-    extra["sparsity"] = zeros / max(total, 1)
+    extra["sparsity"] = zero_fraction(pruned)
     return StageOutput(pruned, onnx, {"weights": weights, "onnx": onnx, **artifacts}, history, extra=extra)
 
 
@@ -194,7 +196,12 @@ def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> S
     seed = state.recipe.seed
     calib = subsample(state.train, min(spec.calib_samples, len(state.train)), seed=seed)
     if isinstance(state.model, OnnxModel):
-        return _quantize_file(spec, state, calib, stage_dir)
+        return _quantize_file(spec, state, calib, stage_dir, state.model.path)
+    if is_keras_model(state.model):  # a Keras model's layers are Keras ops: int8 through its ONNX export
+        float_path = keras_float_onnx(state.model, calib, stage_dir)
+        out = _quantize_file(spec, state, calib, stage_dir, float_path)
+        out.artifacts["float_onnx"] = float_path
+        return out
     history: list[dict] = []
     qmodel, mixed = _quantize(spec, state, calib, stage_dir, history)
     onnx = export_onnx(qmodel, stage_dir / "model.onnx", calib.x[:1])
@@ -225,11 +232,14 @@ def run_quantize(spec: QuantizeStageSpec, state: RunState, stage_dir: Path) -> S
     return StageOutput(onnx, onnx, {"onnx": onnx}, history, quant=quant, extra=extra)
 
 
-def _quantize_file(spec: QuantizeStageSpec, state: RunState, calib, stage_dir: Path) -> StageOutput:
-    """The quantize stage of a model given only as an ONNX file: :func:`quantize_onnx` of it, with the
-    same calibration sample, budget (tuned on validation) and check on the test split as a module's."""
+def _quantize_file(
+    spec: QuantizeStageSpec, state: RunState, calib, stage_dir: Path, float_path: Path
+) -> StageOutput:
+    """The quantize stage of a model as a float ONNX file (given only as one, or a Keras model's export):
+    :func:`quantize_onnx` of it, with the same calibration sample, budget (tuned on validation) and
+    check on the test split as a module's."""
     out = quantize_onnx(
-        state.model.path,
+        float_path,
         calib,
         stage_dir / "model.onnx",
         mode=spec.mode,

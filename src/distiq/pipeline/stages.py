@@ -80,6 +80,12 @@ def export_float(model: nn.Module, state: RunState, stage_dir: Path) -> Path:
     return export_for_timing(model, state.train.input_shape, stage_dir / "model.onnx")
 
 
+def zero_fraction(model: nn.Module) -> float:
+    """Fraction of a module's parameter entries that are exactly zero (biases included)."""
+    zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    return zeros / max(sum(p.numel() for p in model.parameters()), 1)
+
+
 def _finish(model: nn.Module, result: TrainResult | None, state: RunState, stage_dir: Path) -> StageOutput:
     weights = save_weights(model, stage_dir / "model.safetensors")
     onnx = export_float(model, state, stage_dir)
@@ -130,12 +136,14 @@ def reload_output(
     artifacts: dict[str, str], run_dir: Path, allow_code: list[str] | None = None
 ) -> nn.Module | Path:
     """What a skipped stage produced: its module (pruned shapes included), an ONNX teacher as a module,
-    or its int8 ONNX file.
+    a pruned Keras model from its ``.keras`` file, or its int8 ONNX file.
 
     ``allow_code``: the user factories the stage's weights may name (:func:`recipe_code`).
     """
     if "onnx_model" in artifacts:
         return OnnxModel(run_dir / artifacts["onnx_model"])
+    if "keras" in artifacts:
+        return create(str(run_dir / artifacts["keras"]))
     if "weights" not in artifacts:
         return run_dir / artifacts["onnx"]
     return load_pruned(run_dir / artifacts["weights"], allow_code=allow_code or ())

@@ -31,10 +31,12 @@ from distiq.errors import DistiqError
 from distiq.evaluate.fit import check_fits
 from distiq.models import MODELS, create
 from distiq.models.zoo import is_keras_file
+from distiq.onnx.api import MODES as ONNX_MODES
 from distiq.onnx.module import OnnxModel, is_onnx_file
 from distiq.prune.structured import IMPORTANCES
 from distiq.quant.observers import OBSERVERS
 
+from .keras_stages import is_keras_model
 from .stages import recipe_code
 
 if TYPE_CHECKING:
@@ -117,20 +119,50 @@ def name_problems(recipe: Recipe) -> list[str]:
 
 
 def keras_problems(recipe: Recipe) -> list[str]:
-    """What a recipe cannot do with a Keras model as the model the compression stages receive: the
-    prune and quantize stages rewrite torch.nn layers, and a Keras model's layers are Keras ops."""
+    """What a recipe cannot do with a Keras model as the model the compression stages receive.
+
+    Magnitude pruning and int8 work (:mod:`.keras_stages`: masks on the Keras kernels, int8 through the
+    model's ONNX export); what rewrites torch.nn layers does not: channel pruning, weight sharing, and
+    everything the ONNX path of an ONNX teacher cannot do either (:func:`onnx_path_problems`).
+    """
     spec = recipe.distill
     compressed = spec.student if spec is not None else recipe.teacher.weights or recipe.teacher.model
     if not is_keras_file(compressed):
         return []
     why = f"the model it receives is a Keras model ({compressed})"
     problems = []
-    if recipe.prune is not None:
-        problems.append(f"prune: {why}; prune it in Python with distiq.keras.prune_ (magnitude)")
-    if recipe.quantize is not None:
-        problems.append(f"quantize: {why}; quantize it with distiq.keras.quantize (through ONNX)")
+    if recipe.prune is not None and recipe.prune.structured:
+        problems.append(
+            f"prune.structured: channel pruning rebuilds torch.nn layers and {why}; "
+            "use magnitude pruning (structured: false)"
+        )
+    if recipe.prune is not None and recipe.prune.share_bits is not None:
+        problems.append(
+            f"prune.share_bits: weight sharing replaces torch.nn layers by codebook layers and {why}; "
+            "leave share_bits unset"
+        )
+    if recipe.quantize is not None and recipe.quantize.skip:
+        problems.append(
+            f"quantize.skip: {why}, quantized through its ONNX export, whose nodes do not keep the Keras "
+            "layer names; leave skip empty"
+        )
+    return problems + onnx_path_problems(recipe, why)
+
+
+def onnx_path_problems(recipe: Recipe, why: str) -> list[str]:
+    """What the quantize stage cannot do when it quantizes a float ONNX file (:func:`quantize_onnx`: an
+    ONNX teacher's, a Keras model's export), and the budget search, which quantizes PyTorch models."""
+    problems = []
+    quantize = recipe.quantize
+    if quantize is not None and quantize.mode not in ONNX_MODES:
+        what = "trains a PyTorch model" if quantize.mode == "qat" else "has no ONNX-file form"
+        problems.append(f"quantize.mode: {quantize.mode!r} {what} and {why}; use static or dynamic")
+    if quantize is not None and quantize.rounding != "nearest":
+        problems.append(f"quantize.rounding: {quantize.rounding!r} learns PyTorch weights and {why}")
+    if quantize is not None and quantize.act_bits != 8:
+        problems.append(f"quantize.act_bits: ONNX QDQ activations are 8-bit and {why}; use 8")
     if recipe.budget is not None:
-        problems.append(f"budget: the search quantizes torch.nn layers and {why}")
+        problems.append(f"budget: the search quantizes PyTorch models and {why}; use quantize.budget")
     return problems
 
 
@@ -147,14 +179,7 @@ def onnx_teacher_problems(recipe: Recipe) -> list[str]:
     if spec is None:
         if recipe.prune is not None:
             problems.append(f"prune: {why}; distill it into a PyTorch student first (a distill: section)")
-        if recipe.quantize is not None and recipe.quantize.mode == "qat":
-            problems.append(f"quantize.mode: 'qat' trains a PyTorch model and {why}; use static or dynamic")
-        if recipe.quantize is not None and recipe.quantize.rounding != "nearest":
-            problems.append(
-                f"quantize.rounding: {recipe.quantize.rounding!r} learns PyTorch weights and {why}"
-            )
-        if recipe.budget is not None:
-            problems.append(f"budget: the search quantizes PyTorch models and {why}; use quantize.budget")
+        problems += onnx_path_problems(recipe, why)
     if recipe.evaluate.attribution is not None:
         problems.append(f"evaluate.attribution: {why}; its attribution maps need gradients")
     return problems
@@ -230,7 +255,13 @@ def model_problems(recipe: Recipe, train: ArrayDataset) -> list[str]:
         student = _attempt(problems, "distill.student", lambda: _takes_data(built(), example, n))
         if teacher is not None and student is not None:
             _distill_layers(problems, spec, teacher, student, example)
-    quantized = student if recipe.distill is not None else teacher  # what the quantize stage receives
+    quantized = student if recipe.distill is not None else teacher  # what prune and quantize receive
+    if recipe.prune is not None and recipe.prune.exclude and is_keras_model(quantized):
+        from distiq.keras.prune import kernels  # the extra, imported once the Keras model was built
+
+        _attempt(
+            problems, "prune.exclude", lambda: kernels(quantized.keras_model, tuple(recipe.prune.exclude))
+        )
     if recipe.quantize is not None and quantized is not None and not isinstance(quantized, OnnxModel):
         for i, path in enumerate(recipe.quantize.skip):
             _layer(problems, f"quantize.skip[{i}]", quantized, path)
