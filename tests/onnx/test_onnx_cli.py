@@ -124,3 +124,51 @@ def test_data_that_does_not_fit_the_model_exits_2(files, tmp_path, capsys):
     assert (
         "calib_data: batch 0 has shape [56, 1, 8, 8] for input 'x'; the model expects [N, 3, 12, 12]" in err
     )
+
+
+class TwoLinearNet(nn.Module):
+    """A conv, then a hidden Linear whose output a float ReLU reads: where ``--matmul-outputs`` shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.hidden = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(torch.relu(self.conv(x)).mean((2, 3)))))
+
+
+@pytest.mark.parametrize("outputs", ["int8", "float"])
+def test_smooth_quant_and_matmul_outputs_from_the_command_line(
+    tmp_path, capsys, stripes, train_briefly, export, outputs
+):
+    data = stripes(1200, seed=3)
+    npz = tmp_path / "stripes.npz"
+    np.savez(npz, x=data.x.numpy(), y=data.y.numpy())
+    torch.manual_seed(0)
+    model = export(train_briefly(TwoLinearNet(), data), tmp_path / "two.onnx", data.x[:2])
+    out = tmp_path / "sq"
+    code, err = run(capsys, "quantize", "--model", str(model), "--data", str(npz), "--smooth-quant", "0.5",
+                    "--matmul-outputs", outputs, "--no-check", "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["quantization"]["smoothing"]["alpha"] == 0.5
+    graph = onnx.load(str(out / "model.onnx")).graph
+    gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    hidden = next(n for n in gemms if n.output[0] not in {o.name for o in graph.output})
+    relu = next(n for n in graph.node if n.input[:1] == [hidden.output[0]])  # the ReLU fused onto it
+    read = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    gridded = hidden.output[0] in read or relu.output[0] in read
+    assert gridded == (outputs == "int8")
+    acc = report["accuracy"]
+    assert abs(acc["onnx"] - acc["float"]) <= 0.02
+
+
+def test_smooth_quant_of_a_torch_weights_file_exits_2(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    dq.save_weights(dq.models.create("mlp", num_classes=4, in_channels=1, image_size=8), weights)
+    code, err = run(capsys, "quantize", "--model", str(weights), "--data", "digits", "--smooth-quant", "0.5",
+                    "--out", str(tmp_path / "q"))  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert "--smooth-quant and --matmul-outputs take an .onnx model" in err

@@ -22,7 +22,8 @@ N = 200_000
 
 
 def trt_entropy_threshold(values: np.ndarray, levels: int, bins: int = 2048, start: int = 128):
-    """Reference TensorRT entropy calibration; returns (threshold, bin width)."""
+    """Reference TensorRT entropy calibration; returns (threshold, bin width). (It clips at most 1%
+    of the values in no test below but the one on data away from zero.)"""
     a = np.abs(values[values != 0]).astype(np.float64)
     hist, edges = np.histogram(a, bins=bins, range=(0.0, a.max()))
     best, best_kl = bins, np.inf
@@ -77,6 +78,17 @@ def test_kl_matches_independent_tensorrt_implementation(name, bits, symmetric):
     qp = calibrate(torch.from_numpy(x), "kl", bits=bits, symmetric=symmetric)
     assert abs(qp.hi.item() - expected) <= 2 * width
     assert qp.lo.item() == (-qp.hi.item() if symmetric else 0.0)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_kl_on_data_away_from_zero_keeps_the_range(symmetric):
+    """TensorRT's search on values all in [0.3, 1] picks the smallest value (everything clipped into
+    one bin, where P and Q agree: KL 0); distiq clips at most 1% of the values instead."""
+    x = np.random.default_rng(0).uniform(0.3, 1.0, N).astype(np.float32)
+    trt, _ = trt_entropy_threshold(x, 256 if not symmetric else 128)
+    assert trt == pytest.approx(0.3, abs=0.01)  # the degenerate choice
+    qp = calibrate(torch.from_numpy(x), "kl", symmetric=symmetric)
+    assert qp.hi.item() >= np.quantile(x, 0.99) - 1e-3
 
 
 def test_kl_signed_asymmetric_is_symmetric_search_clipped_to_data():

@@ -8,6 +8,7 @@ same int8 file and report the same accuracy; the run directory stays in ``--out`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 
@@ -39,6 +40,23 @@ class QuantizeOptions(QuantizeStageSpec, CodeOptions):
     check: bool = Field(True, description="Time int8 against float in ORT (kernels and agreement always).")
     threads: int = Field(2, ge=1, description="ORT threads for the latency check.")
     out: Path = Field(Path("runs/quantize"), description="Output folder (model.onnx, report.json, the run).")
+    smooth_quant: list[float] = Field(
+        default_factory=list,
+        description="An .onnx model, static mode: SmoothQuant strength alpha (activation outliers moved "
+        "into the weights before calibration); given twice or more, each is tried on the validation "
+        "split and the one closest to float kept.",
+    )
+    matmul_outputs: Literal["int8", "float"] = Field(
+        "int8",
+        description="An .onnx model, static mode: int8 (QLinearMatMul/QGemm) or float MatMul/Gemm outputs "
+        "(one rounding less where a float op reads them, as in a transformer).",
+    )
+
+    def onnx_only(self) -> dict:
+        """The options only the ONNX-file path takes, as :func:`distiq.quantize_onnx` keywords."""
+        strengths = self.smooth_quant
+        smooth = None if not strengths else strengths[0] if len(strengths) == 1 else list(strengths)
+        return {"smooth_quant": smooth, "matmul_outputs": self.matmul_outputs}
 
 
 def one_stage_recipe(opts: QuantizeOptions) -> dict:
@@ -67,6 +85,11 @@ def run_quantize(opts: QuantizeOptions) -> dict:
         if opts.rounding != "nearest":
             raise DistiqError(f"quantize: --rounding {opts.rounding} needs PyTorch weights, not an ONNX file")
         return quantize_onnx_command(opts, console.out)
+    if opts.smooth_quant or opts.matmul_outputs != "int8":
+        raise DistiqError(
+            f"quantize: --smooth-quant and --matmul-outputs take an .onnx model, got {opts.model} "
+            "(export it with distiq export first)"
+        )
     if len(opts.model_code) > 1:
         raise DistiqError("quantize: --model-code: one factory (the one the weights file names), got several")
     result = run(one_stage_recipe(opts), opts.out)

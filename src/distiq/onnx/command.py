@@ -59,6 +59,7 @@ def quantize_onnx_command(opts: Any, echo: Callable[[str], Any] = print) -> dict
             budget=opts.budget,
             val_data=val,
             **{k: getattr(opts, k) for k in OPTIONS},
+            **opts.onnx_only(),
         )
     for w in caught:
         echo(f"warning: {w.message}")

@@ -259,6 +259,11 @@ def quantile(hist: StreamingHistogram, q: float) -> float:
     return float(min(max(value, hist.min), hist.max))
 
 
+#: Largest share of the values the entropy threshold may clip (TensorRT's choices on data with the
+#: mass near zero clip far fewer; see :func:`entropy_threshold`).
+MAX_CLIPPED = 0.01
+
+
 def entropy_threshold(
     counts: np.ndarray, edges: np.ndarray, num_levels: int, start_bin: int = 128, stride: int = 1
 ) -> float:
@@ -272,6 +277,12 @@ def entropy_threshold(
     distributions without smoothing (``Q`` is nonzero wherever ``P`` is, except at a clipped empty
     last bin, where the divergence is infinite: the candidate is skipped).
 
+    A candidate that clips more than ``MAX_CLIPPED`` of the values is skipped too. TensorRT's search
+    assumes the mass sits near zero; for data away from zero (pooled features, all in [0.2, 1.1]) the
+    candidate just above the smallest value puts everything into one last bin, where ``P`` and ``Q``
+    agree after normalising: KL 0, and the whole tail clipped (a small CNN's int8 file went from 74%
+    to 23% accuracy that way).
+
     Returns:
         ``edges[i]`` (= ``i * width``, the top of the kept bins, as NVIDIA's pytorch-quantization does;
         Migacz's slides write ``(i + 0.5) * width``) for the minimising ``i``, the largest on ties.
@@ -284,6 +295,8 @@ def entropy_threshold(
     outliers = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # outliers[i] = sum(counts[i:])
     best_kl, best_i = math.inf, n
     for i in range(min(start_bin, n), n + 1, stride):
+        if outliers[i] > MAX_CLIPPED * outliers[0]:
+            continue
         ref = counts[:i]
         p = ref.copy()
         p[-1] += outliers[i]
