@@ -203,8 +203,16 @@ where a `keras.Model` is a `torch.nn.Module`; import it before `keras` (it selec
 - `distiq.keras.export_onnx(model, path, example)` writes float ONNX checked against Keras's outputs;
   `distiq.keras.quantize(model, calib_data, out)` then goes through `dq.quantize_onnx`.
 
-Not yet: a recipe's `prune:` and `quantize:` stages with a Keras student (refused in one line when the
-recipe loads; use `distiq.keras.prune_` and `distiq.keras.quantize` from Python).
+A recipe's `prune:` and `quantize:` stages take a Keras student (or a Keras teacher when there is no
+`distill:`). `prune:` is `distiq.keras.prune_` on a copy of it, fine-tuned through distiq's engine
+(distilling from the teacher when `distill_from_teacher`) with the zeros held, stored as `model.keras`
+and its checked float ONNX export; `quantize:` quantizes that export with `dq.quantize_onnx`, as for a
+teacher given only as an ONNX file, so its record has the deploy check and ONNX Runtime's accuracy on
+the test split (`quantize.budget` works; `sensitivity` and `calib_repeats` are torch-path records and
+are not made). What rewrites torch.nn layers is refused in one line when the recipe loads, naming the
+field: `prune.structured`, `prune.share_bits`, `quantize.mode: qat` (and `weight-only`),
+`quantize.rounding: adaround`, `quantize.skip` (the export's nodes do not keep Keras layer names) and
+the `budget:` search.
 
 Keras's own `LogitsDistillation()` with its default `loss="kl_divergence"` (a string) resolves to the
 function `keras.losses.kl_divergence`, which is not a `KLDivergence` instance, so Keras 3.15 skips the
@@ -215,7 +223,8 @@ int8 calibration: the benchmark uses `method="minmax"`. With `dq.quantize_onnx`'
 the three DKD students of the first run (seed 2) fell from 76.62% float to 40.78% int8 (2.4 dB SQNR from
 its second convolution on, ONNX Runtime top-1 agreement 43.8%), while minmax and percentile kept it at
 76.65% and 76.60% (45.6 dB); seeds 0 and 1 were within 0.3 point with "kl". The deploy check flagged
-the collapsed file (agreement below 99%).
+the collapsed file (agreement below 99%). That was before `kl` skipped thresholds clipping more than
+1% of the values (docs/quantization.md); not re-measured since.
 
 ## Benchmark: Fashion-MNIST
 
