@@ -44,8 +44,10 @@ def make(spec: dict, seed: int) -> torch.nn.Module:
     return dq.models.create(spec["name"], num_classes=10, in_channels=1, image_size=28, **opts)
 
 
-def get_teacher(train, val, epochs: int) -> torch.nn.Module:
-    path = OUT / "kd" / "teacher.safetensors"
+def get_teacher(train, val, epochs: int, quick: bool) -> torch.nn.Module:
+    """The teacher, trained once; a --quick run's weak one is kept apart, as the pruning and concept
+    benchmarks read the full run's file."""
+    path = OUT / ("kd-quick" if quick else "kd") / "teacher.safetensors"
     if path.exists():
         return load_model(path)
     teacher = make(TEACHER, seed=0)
@@ -57,7 +59,7 @@ def get_teacher(train, val, epochs: int) -> torch.nn.Module:
         lr=2e-3,
         batch_size=128,
         progress=True,
-        checkpoint_dir=str(OUT / "kd" / "teacher-ckpt"),
+        checkpoint_dir=str(path.parent / "teacher-ckpt"),
     )
     dq.save_weights(teacher, path)
     return teacher
@@ -90,7 +92,7 @@ def main() -> None:
         train, test = subsample(train, 3000), subsample(test, 1000)
         args.seeds, args.epochs, args.teacher_epochs, args.transfer = 1, 2, 2, 1000
     transfer = subsample(train, args.transfer) if args.transfer < len(train) else train
-    teacher = get_teacher(train, val, args.teacher_epochs)
+    teacher = get_teacher(train, val, args.teacher_epochs, args.quick)
     teacher_acc = dq.evaluate(teacher, test)["accuracy"]
     print(
         f"teacher {TEACHER}: test accuracy {teacher_acc:.4f}, "
@@ -116,7 +118,8 @@ def main() -> None:
                 flush=True,
             )
             if seed == 0 and method == "kd":
-                dq.save_weights(student, OUT / "kd" / "student-kd-seed0.safetensors")
+                folder = OUT / ("kd-quick" if args.quick else "kd")  # other benchmarks read the full run's
+                dq.save_weights(student, folder / "student-kd-seed0.safetensors")
 
     base_acc = statistics.mean(a for a, _ in results["scratch"])
     base_sec = statistics.median(s for _, s in results["scratch"])
