@@ -44,10 +44,9 @@ def make(spec: dict, seed: int) -> torch.nn.Module:
     return dq.models.create(spec["name"], num_classes=10, in_channels=1, image_size=28, **opts)
 
 
-def get_teacher(train, val, epochs: int, quick: bool) -> torch.nn.Module:
-    """The teacher, trained once; a --quick run's weak one is kept apart, as the pruning and concept
-    benchmarks read the full run's file."""
-    path = OUT / ("kd-quick" if quick else "kd") / "teacher.safetensors"
+def get_teacher(train, val, epochs: int, folder: Path) -> torch.nn.Module:
+    """The teacher, trained once and kept in ``folder``."""
+    path = folder / "teacher.safetensors"
     if path.exists():
         return load_model(path)
     teacher = make(TEACHER, seed=0)
@@ -92,7 +91,8 @@ def main() -> None:
         train, test = subsample(train, 3000), subsample(test, 1000)
         args.seeds, args.epochs, args.teacher_epochs, args.transfer = 1, 2, 2, 1000
     transfer = subsample(train, args.transfer) if args.transfer < len(train) else train
-    teacher = get_teacher(train, val, args.teacher_epochs, args.quick)
+    folder = OUT / ("kd-quick" if args.quick else "kd")  # the pruning and concept benchmarks read "kd"
+    teacher = get_teacher(train, val, args.teacher_epochs, folder)
     teacher_acc = dq.evaluate(teacher, test)["accuracy"]
     print(
         f"teacher {TEACHER}: test accuracy {teacher_acc:.4f}, "
@@ -118,7 +118,6 @@ def main() -> None:
                 flush=True,
             )
             if seed == 0 and method == "kd":
-                folder = OUT / ("kd-quick" if args.quick else "kd")  # other benchmarks read the full run's
                 dq.save_weights(student, folder / "student-kd-seed0.safetensors")
 
     base_acc = statistics.mean(a for a, _ in results["scratch"])

@@ -131,12 +131,13 @@ def keras_problems(recipe: Recipe) -> list[str]:
         return []
     why = f"the model it receives is a Keras model ({compressed})"
     problems = []
-    if recipe.prune is not None and recipe.prune.structured:
+    prune = recipe.prune
+    if prune is not None and prune.structured:
         problems.append(
             f"prune.structured: channel pruning rebuilds torch.nn layers and {why}; "
             "use magnitude pruning (structured: false)"
         )
-    if recipe.prune is not None and recipe.prune.share_bits is not None:
+    if prune is not None and prune.share_bits is not None:
         problems.append(
             f"prune.share_bits: weight sharing replaces torch.nn layers by codebook layers and {why}; "
             "leave share_bits unset"
@@ -154,13 +155,14 @@ def onnx_path_problems(recipe: Recipe, why: str) -> list[str]:
     ONNX teacher's, a Keras model's export), and the budget search, which quantizes PyTorch models."""
     problems = []
     quantize = recipe.quantize
-    if quantize is not None and quantize.mode not in ONNX_MODES:
-        what = "trains a PyTorch model" if quantize.mode == "qat" else "has no ONNX-file form"
-        problems.append(f"quantize.mode: {quantize.mode!r} {what} and {why}; use static or dynamic")
-    if quantize is not None and quantize.rounding != "nearest":
-        problems.append(f"quantize.rounding: {quantize.rounding!r} learns PyTorch weights and {why}")
-    if quantize is not None and quantize.act_bits != 8:
-        problems.append(f"quantize.act_bits: ONNX QDQ activations are 8-bit and {why}; use 8")
+    if quantize is not None:
+        if quantize.mode not in ONNX_MODES:
+            what = "trains a PyTorch model" if quantize.mode == "qat" else "has no ONNX-file form"
+            problems.append(f"quantize.mode: {quantize.mode!r} {what} and {why}; use static or dynamic")
+        if quantize.rounding != "nearest":
+            problems.append(f"quantize.rounding: {quantize.rounding!r} learns PyTorch weights and {why}")
+        if quantize.act_bits != 8:
+            problems.append(f"quantize.act_bits: ONNX QDQ activations are 8-bit and {why}; use 8")
     if recipe.budget is not None:
         problems.append(f"budget: the search quantizes PyTorch models and {why}; use quantize.budget")
     return problems
