@@ -1,6 +1,6 @@
 """AdaRound against nearest rounding at W4A8 static PTQ on Fashion-MNIST, and the size of 4-bit files.
 
-The CNN teacher of the int8 benchmark (vgg-small at width 0.5, ``bench/out/kd/teacher.safetensors``,
+The CNN teacher of the int8 benchmark (vgg-small at width 0.5, ``bench/out/quant/teacher.safetensors``,
 trained by that benchmark's code if missing) and a KD student (LeNet-5 distilled from it for a few
 epochs, cached in ``bench/out/adaround/``) are quantized with 4-bit per-channel weights and 8-bit
 static activations, the same 512 calibration images (a stratified sample of the training split) for

@@ -1,9 +1,10 @@
 """Int8 post-training quantization on Fashion-MNIST: distiq's calibrators against ONNX Runtime's own,
 on the CPU this runs on.
 
-On the CNN teacher of the KD benchmark (``bench/out/kd/teacher.safetensors``, trained here if missing)
-and the same 512 calibration images (a stratified sample of the training split), one float export is
-quantized to int8 ONNX files by:
+On a CNN teacher (vgg-small at width 0.5, ``bench/out/quant/teacher.safetensors``, trained here if
+missing; its own file: the KD benchmark's teacher is twice as wide) and the same 512 calibration
+images (a stratified sample of the training split), one float export is quantized to int8 ONNX
+files by:
 
 - every distiq calibrator with ``target="auto"`` (what a user gets on this machine: on a CPU whose
   u8 x s8 kernels saturate, i.e. x86 without VNNI, 8-bit weights on ``[-64, 64]``);
@@ -93,12 +94,13 @@ def weight_grid(path: Path) -> str:
 
 
 def teacher_model(train, val, epochs: int) -> torch.nn.Module:
-    path = OUT / "kd" / "teacher.safetensors"
+    path = OUT / "quant" / "teacher.safetensors"
     if path.exists():
         return load_model(path).eval()
     torch.manual_seed(0)
     teacher = dq.models.create("vgg-small", width=0.5)
     dq.train(teacher, train, val, epochs=epochs, lr=2e-3, batch_size=128, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     dq.save_weights(teacher, path)
     return teacher.eval()
 

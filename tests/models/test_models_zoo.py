@@ -133,6 +133,21 @@ def test_vgg_depth_and_small_images():
     assert deep(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_vgg_stem_stride_halves_every_later_feature_map():
+    """A stride-2 first conv: the same weights, a quarter of the pixels for every conv after it."""
+    cfg = [8, 16, "M", 16, "M"]
+    plain = models.create("vgg-small", cfg=cfg).eval()
+    strided = models.create("vgg-small", cfg=cfg, stem_stride=2).eval()
+    assert models.count_parameters(plain) == models.count_parameters(strided)
+    x = torch.randn(2, 1, 28, 28)
+    assert plain.features(x).shape == (2, 16, 7, 7)
+    assert strided.features(x).shape == (2, 16, 3, 3)  # 28 -> 14 (stem) -> 7 -> 3 (pools floor)
+    assert strided(x).shape == (2, 10)
+    assert strided.config["stem_stride"] == 2
+    rebuilt = models.create_from_config(json.loads(json.dumps(strided.config)))
+    assert rebuilt.features.conv1.stride == (2, 2) and rebuilt.features.conv2.stride == (1, 1)
+
+
 def test_count_parameters_trainable_only():
     model = models.create("lenet300-100", image_size=8, in_channels=1)
     for p in model.classifier.fc1.parameters():
@@ -149,6 +164,7 @@ def test_count_parameters_trainable_only():
         (dict(name="mlp", num_classes=0), "num_classes"),
         (dict(name="vgg-small", depth=4), "depth"),
         (dict(name="vgg-small", cfg=[8, "X"]), "'X'"),
+        (dict(name="vgg-small", stem_stride=3), "stem_stride"),
         (dict(name="resnet8", width=0), "width"),
         (dict(name="mlp", dropout=1.5), "dropout"),
     ],

@@ -39,6 +39,10 @@ class VGGSmall(nn.Module):
         width: Multiplier on every conv width (students: 0.25-0.5).
         depth: Number of convs, picking a layer list from ``VGG_CFGS``; ignored if ``cfg`` is given.
         cfg: Own layer list: ints are conv widths (before ``width``), ``"M"`` a max pool.
+        stem_stride: Stride of the first conv. 2 halves the image at the first layer, which every
+            later conv then runs on: a quarter of their work. A learned downsampling costs less
+            accuracy than a pool before the first conv, and it is how a student gets 10x faster
+            than its teacher (MobileNet's and ResNet's stems do the same).
     """
 
     def __init__(
@@ -49,9 +53,12 @@ class VGGSmall(nn.Module):
         width: float = 1.0,
         depth: int = 5,
         cfg: Sequence[int | str] | None = None,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         layers_cfg = _resolve_cfg(depth, cfg)
+        if stem_stride not in (1, 2):
+            raise DistiqError(f"vgg-small: stem_stride must be 1 or 2, got {stem_stride!r}")
         self.config = dict(
             name="vgg-small",
             num_classes=num_classes,
@@ -60,6 +67,7 @@ class VGGSmall(nn.Module):
             width=width,
             depth=depth,
             cfg=None if cfg is None else list(layers_cfg),
+            stem_stride=stem_stride,
         )
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels, size, convs, pools = in_channels, image_size, 0, 0
@@ -70,7 +78,9 @@ class VGGSmall(nn.Module):
                 continue
             convs += 1
             out = scaled(int(item), width)
-            layers[f"conv{convs}"] = nn.Conv2d(channels, out, 3, padding=1, bias=False)
+            stride = stem_stride if convs == 1 else 1
+            layers[f"conv{convs}"] = nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False)
+            size = (size + stride - 1) // stride
             layers[f"bn{convs}"] = nn.BatchNorm2d(out)
             layers[f"relu{convs}"] = nn.ReLU()
             channels = out
@@ -112,6 +122,7 @@ def vgg_small(
     width: float = 1.0,
     depth: int = 5,
     cfg: Sequence[int | str] | None = None,
+    stem_stride: int = 1,
 ) -> VGGSmall:
-    """A small VGG; ``width`` and ``depth``/``cfg`` give teachers and students of one family."""
-    return VGGSmall(num_classes, in_channels, image_size, width, depth, cfg)
+    """A small VGG; ``width``, ``depth``/``cfg`` and ``stem_stride`` make teachers and students alike."""
+    return VGGSmall(num_classes, in_channels, image_size, width, depth, cfg, stem_stride)
