@@ -4,7 +4,9 @@ Latency and file size do not depend on the weights' values, so this times untrai
 several shapes against the teacher, each as float and as int8 (static, minmax, 256 calibration
 images), all files in one interleaved measurement (2 threads, medians), before any is trained. It
 tells which shapes are worth distilling: at 28x28 a narrower VGG's int8 convs are overhead-bound,
-while a pool before the first conv (the student sees 14x14) cuts the work where it is.
+while a pool before the first conv (the student sees 14x14) or a stride-2 first conv (``s2``: a
+learned downsampling, ``stem_stride=2``) cuts the work where it is; ``s2 11-21-M-42-M`` is the shape
+the fast recipe's channel pruning leaves (35% of every conv's channels removed).
 
     .venv/bin/python bench/fast_student_shapes.py            # table to stdout and bench/out/fast-shapes.md
 """
@@ -30,6 +32,8 @@ SHAPES: dict[str, dict] = {
     "M-32-32-M-64-M": dict(cfg=["M", 32, 32, "M", 64, "M"]),
     "M-16-32-M-64-M": dict(cfg=["M", 16, 32, "M", 64, "M"]),
     "16-M-32-M-64-M": dict(cfg=[16, "M", 32, "M", 64, "M"]),
+    "s2 16-32-M-64-M": dict(cfg=[16, 32, "M", 64, "M"], stem_stride=2),
+    "s2 11-21-M-42-M": dict(cfg=[11, 21, "M", 42, "M"], stem_stride=2),
 }
 
 
