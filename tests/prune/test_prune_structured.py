@@ -107,6 +107,23 @@ def test_per_layer_ratios():
     assert widths == [6, 8, 16, 16, 16]
 
 
+def test_round_to_leaves_multiples_of_the_block_rounded_down():
+    def widths(**options) -> list[int]:
+        model = dq.models.create("vgg-small", cfg=[16, 32, "M", 64, "M"], stem_stride=2)
+        prune_channels_(model, 0.25, scope="layer", **options)
+        return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+    assert widths() == [12, 24, 48]  # a quarter of each layer
+    assert widths(round_to=8) == [8, 24, 48]  # 12 -> 8, the others are multiples already
+
+
+def test_round_to_without_structured_is_refused():
+    with pytest.raises(DistiqError, match="round_to"):
+        dq.prune(small_vgg(), 0.5, round_to=8)
+    with pytest.raises(DistiqError, match="round_to"):
+        dq.run({"teacher": {"model": "mlp"}, "prune": {"amount": 0.5, "round_to": 8}})
+
+
 def test_save_and_rebuild_without_pickle(tmp_path):
     model = small_vgg()
     prune_channels_(model, 0.5, scope="global")

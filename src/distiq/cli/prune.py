@@ -98,6 +98,7 @@ def run_prune(opts: PruneOptions) -> dict:
         scope=opts.scope,
         importance=opts.importance,
         exclude=opts.exclude,
+        round_to=opts.round_to,
         train_data=train_set if opts.epochs > 0 else None,
         val_data=val_set,
         pruning_schedule=opts.pruning_schedule,

@@ -53,6 +53,7 @@ def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOu
         scope=spec.scope,
         importance=spec.importance,
         exclude=spec.exclude,
+        round_to=spec.round_to,
         example_input=state.train.x[:2],
         train_data=state.train,
         val_data=state.val,

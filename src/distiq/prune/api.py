@@ -112,6 +112,7 @@ def prune(
     importance: str = "l1",
     example_input: torch.Tensor | None = None,
     exclude: Iterable[str] = (),
+    round_to: int | None = None,
     train_data: Dataset | None = None,
     val_data: Dataset | None = None,
     pruning_schedule: str = "one-shot",
@@ -135,6 +136,7 @@ def prune(
             Unstructured pruning ranks weights by ``|w|`` (l1 and l2 give the same order).
         example_input: One input batch for tracing (structured; default from the model's config).
         exclude: Layer paths left unpruned. Structured pruning always keeps the output layer.
+        round_to: Structured: leave every pruned layer a multiple of this many channels.
         train_data: Fine-tune on these after pruning (required by the cubic schedule).
         val_data: Validation data for fine-tuning.
         pruning_schedule: ``"one-shot"`` (prune, then fine-tune) or ``"cubic"`` (unstructured only: Zhu
@@ -158,10 +160,18 @@ def prune(
             "pruning_schedule 'cubic' prunes during fine-tuning: needs train_data, a float amount "
             "and structured=False"
         )
+    if round_to is not None and not structured:
+        raise DistiqError("round_to: counts channels, so it needs structured=True")
     model, teacher = working_copies(model, teacher, inplace)
     if structured:
         prune_channels_(
-            model, amount, importance=importance, scope=scope, example_input=example_input, exclude=exclude
+            model,
+            amount,
+            importance=importance,
+            scope=scope,
+            example_input=example_input,
+            exclude=exclude,
+            round_to=round_to,
         )
     elif pruning_schedule == "one-shot":
         prune_magnitude_(model, amount, scope, exclude)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCOPE = "global"
 
@@ -23,6 +23,17 @@ class PruneSpec(BaseModel):
     )
     importance: str = Field("l1", description="Channel ranking: l1, l2 or bn (BatchNorm scale).")
     exclude: list[str] = Field(default_factory=list, description="Layer paths to leave unpruned.")
+    round_to: int | None = Field(
+        None,
+        ge=1,
+        description="Structured: keep a multiple of this many channels per layer (8 keeps int8 convs fast).",
+    )
+
+    @model_validator(mode="after")
+    def _round_to_needs_channels(self) -> PruneSpec:
+        if self.round_to is not None and not self.structured:
+            raise ValueError("round_to: counts channels, so it needs structured: true")
+        return self
 
     @field_validator("importance")
     @classmethod

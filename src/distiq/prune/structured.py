@@ -84,6 +84,7 @@ def prune_channels_(
     example_input: torch.Tensor | None = None,
     exclude: Iterable[str] = (),
     max_layer_amount: float = 0.9,
+    round_to: int | None = None,
 ) -> nn.Module:
     """Remove the least important channels of every prunable layer, in place.
 
@@ -98,6 +99,10 @@ def prune_channels_(
         exclude: Layer paths whose output channels must be kept.
         max_layer_amount: Global scope never removes more than this fraction of one layer, so no layer
             collapses to nothing.
+        round_to: Leave each pruned layer a multiple of this many channels (rounded down, at least
+            ``round_to``). ONNX Runtime's int8 convs work on blocks of channels: at batch 256 a
+            stride-2 student pruned to 11-21-42 channels ran its int8 file at half the speed of the
+            same net at 16-24-40, slower than its own float file.
 
     Returns:
         ``model``, physically smaller.
@@ -133,6 +138,7 @@ def prune_channels_(
         global_pruning=scope == "global",
         max_pruning_ratio=max_layer_amount,
         ignored_layers=ignored,
+        round_to=round_to,
         **kwargs,
     )
     pruner.step()
