@@ -103,6 +103,35 @@ def test_a_killed_rank_resumes_exactly(script, tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
+#: A rank that trained a step, then ran the exit handlers: which of its threads are still alive.
+EXIT_SCRIPT = """
+import atexit
+from pathlib import Path
+import torch
+from distiq.engine import distributed as dd
+assert dd.init_from_env()
+model = torch.nn.Linear(3, 2)
+model(torch.ones(4, 3)).sum().backward()
+dd.all_reduce_gradients(list(model.parameters()))
+torch.optim.SGD(model.parameters(), lr=0.1).step()  # its first step imports torch._dynamo (and FSDP)
+atexit._run_exitfuncs()
+names = [p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")]
+print("threads:", sorted(names))
+"""
+
+
+def test_no_gloo_thread_outlives_the_exit_handlers(tmp_path):
+    """Gloo threads left running into interpreter shutdown killed a finished rank (SIGABRT) in CI."""
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    done = _run(cmd, tmp_path)
+    assert done.returncode == 0, done.stderr[-6000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("threads:")]
+    assert len(lines) == 2, done.stdout
+    assert not any("gloo" in line for line in lines), lines
+
+
 def test_launch_command_is_torchrun_of_distiq():
     cmd = launch_command(3, ["distill", "--teacher", "t.safetensors"])
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m"]

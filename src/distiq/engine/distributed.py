@@ -55,10 +55,23 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
+        _import_group_holders()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
         atexit.register(_leave_together)
     return True
+
+
+def _import_group_holders() -> None:
+    """Import, before the group exists, the torch modules that would keep it alive for ever.
+
+    Why: the first ``optimizer.step()`` imports ``torch._dynamo``, which imports FSDP, whose functions
+    take ``dist.group.WORLD`` as a default argument: imported after ``init_process_group`` they hold
+    the group, ``destroy_process_group`` cannot free it, and its gloo threads still run while the
+    interpreter shuts down, where one rank in about ten died of SIGABRT ("terminate called without an
+    active exception") after its work was done. Imported first, their defaults hold ``None``.
+    """
+    import torch._dynamo  # noqa: F401
 
 
 def _leave_together() -> None:
