@@ -3,8 +3,9 @@
 A CNN teacher (vgg-small, trained on 55,000 images) is trained once; then a smaller CNN student
 (LeNet-5) is trained on a transfer set of 5,000 labelled images — the situation where distillation
 matters: the teacher saw more than the student can — with the same epochs, optimiser and data in
-six ways — from scratch, online KD, DKD, FitNets hints (+KD, +DKD) and
-offline KD from cached teacher logits — for 3 seeds. Prints mean ± std test accuracy, each method's
+six ways — from scratch, KD, DKD (both on cached teacher logits: distiq's default when no feature
+term needs the teacher), FitNets hints (+KD, +DKD; the teacher runs on every batch) and KD with
+``offline=True`` spelled out — for 3 seeds. Prints mean ± std test accuracy, each method's
 gain over scratch with a paired 95% t-interval over the seeds (the same seed gives both arms the same
 initial weights and batch order), and the median seconds per training epoch relative to the student
 trained alone. The best method is picked by mean validation accuracy, never by test accuracy.
