@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import distiq as dq
 from distiq.engine.distributed import launch_command
@@ -101,6 +102,46 @@ def test_a_killed_rank_resumes_exactly(script, tmp_path):
     a, b = _weights(tmp_path / "whole.safetensors"), _weights(tmp_path / "k.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+#: QAT through the same engine: a fixed random MLP calibrated on 128 digits, 2 epochs of LSQ fine-tuning.
+#: SGD, not Adam: Adam divides by the gradient's running size, so a scale whose gradient is near zero
+#: takes a full step whose sign float rounding decides, and the two runs part by whole steps.
+QAT_SCRIPT = """
+import sys
+import torch
+from safetensors.torch import save_file
+import distiq as dq
+from distiq.engine import distributed as dd
+
+data = dq.data.subsample(dq.data.load("digits", "train"), 301, seed=0)
+torch.manual_seed(0)
+model = dq.models.create("mlp", image_size=8, hidden=(16,))
+qmodel = dq.quantize(
+    model, data.subset(range(128)), mode="qat", train_data=data, epochs=2, lr=0.01, batch_size=65,
+    optimizer="sgd", progress=False,
+)
+if dd.is_main():
+    save_file({k: v.contiguous() for k, v in qmodel.state_dict().items()}, sys.argv[1])
+"""
+
+
+def test_qat_in_two_processes_reaches_the_weights_of_one(tmp_path):
+    """QAT is the one engine too: 2 gloo processes learn the weights and LSQ scales of one."""
+    script = tmp_path / "qat.py"
+    script.write_text(QAT_SCRIPT)
+    one = _run([sys.executable, str(script), str(tmp_path / "one.safetensors")], tmp_path)
+    assert one.returncode == 0, one.stderr[-6000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    two = _run([*torchrun, str(script), str(tmp_path / "two.safetensors")], tmp_path)
+    assert two.returncode == 0, two.stderr[-6000:]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert a.keys() == b.keys() and any("scale" in k for k in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    torch.manual_seed(0)
+    initial = dq.models.create("mlp", image_size=8, hidden=(16,)).state_dict()
+    assert any(not torch.equal(a[k], initial[k]) for k in initial if k in a)  # it trained
 
 
 #: A rank that trained a step, then ran the exit handlers: which of its threads are still alive.

@@ -11,7 +11,9 @@ gradient almost everywhere, so training needs a surrogate:
   Quantization") differentiates the round trip w.r.t. ``s`` with the STE for ``round``, giving
   ``round(x/s) - x/s`` inside the range and ``qmin - z`` or ``qmax - z`` outside, and multiplies that
   gradient by ``g = 1 / sqrt(N * qmax)`` (``N`` elements per scale) so the step size learns at a rate
-  comparable to the weights'.
+  comparable to the weights'. For activations ``N`` is the features of one sample, as in the paper
+  (``N_F``), not the batch's elements: the rate then does not depend on the batch size, and a batch
+  split over processes learns the scale one process learns.
 
 Division (``x / s``) rather than multiplication by ``1 / s`` is used on purpose: ONNX Runtime's
 ``QuantizeLinear`` divides, and the exported integer model must agree with this simulation.

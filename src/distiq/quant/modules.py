@@ -32,7 +32,7 @@ from distiq.errors import DistiqError
 
 from . import onnx_ops  # noqa: F401  (registers torch.ops.distiq.*, used in the "export" state)
 from .calibrate import calibrate
-from .fake_quant import fake_quantize, lsq_fake_quantize
+from .fake_quant import fake_quantize, lsq_fake_quantize, lsq_grad_factor
 from .observers import OBSERVERS, check_bits
 
 Tensor = torch.Tensor
@@ -252,8 +252,10 @@ class ActQuant(_Quantizer):
             lo, hi = grid._export_range()
             scale, zp = grid.export_qparams
             return torch.ops.distiq.qdq(x, scale, zp, lo, hi)
-        if grid.learned_scale is not None:
-            return lsq_fake_quantize(x, grid.learned_scale, grid.zero_point, grid.qmin, grid.qmax)
+        if grid.learned_scale is not None:  # LSQ's N for activations: the features of one sample
+            factor = lsq_grad_factor(x[0].numel() if x.dim() > 1 else x.numel(), grid.qmax)
+            scale, zp = grid.learned_scale, grid.zero_point
+            return lsq_fake_quantize(x, scale, zp, grid.qmin, grid.qmax, grad_factor=factor)
         return fake_quantize(x, grid.scale, grid.zero_point, grid.qmin, grid.qmax)
 
     def extra_repr(self) -> str:
