@@ -1,7 +1,7 @@
 """Is the shipped fast recipe's student 10x faster than its teacher, and at what accuracy (issue 13)?
 
 Runs ``recipes/fashion_mnist_fast.yaml`` end to end (vgg-small teacher -> stride-2-stem KD student ->
-a third of its channels removed, fine-tuned with the teacher -> static int8), then times the
+a quarter of its channels removed in blocks of 8, fine-tuned with the teacher -> static int8), then times the
 teacher's float ONNX file and every stage's file again in one interleaved measurement (ORT, 2
 threads, medians), and prints one table: test accuracy (the int8 stage's is ONNX Runtime's on this
 CPU), file size and speed-up against the teacher, with the issue's four targets checked. A rerun
