@@ -5,10 +5,10 @@ several shapes against the teacher, each as float and as int8 (static, minmax, 2
 images), all files in one interleaved measurement (2 threads, medians), before any is trained. It
 tells which shapes are worth distilling: at 28x28 a narrower VGG's int8 convs are overhead-bound,
 while a pool before the first conv (the student sees 14x14) or a stride-2 first conv (``s2``: a
-learned downsampling, ``stem_stride=2``) cuts the work where it is. ``s2 8-24-M-48-M`` is the shape
-the fast recipe's channel pruning leaves (a quarter of every conv's channels, in blocks of 8);
-``s2 11-21-M-42-M`` is what a third of them without blocks leaves, whose odd channel counts slow the
-int8 convs.
+learned downsampling, ``stem_stride=2``) cuts the work where it is. ``s2 16-24-M-48-M`` is the shape
+the fast recipe's channel pruning leaves (a quarter of every conv's channels of 24-32-64, in blocks
+of 8); ``s2 11-21-M-42-M`` is what a third of 16-32-64's without blocks leaves, whose odd channel
+counts slow the int8 convs.
 
     .venv/bin/python bench/fast_student_shapes.py            # table to stdout and bench/out/fast-shapes.md
 """
@@ -37,6 +37,7 @@ SHAPES: dict[str, dict] = {
     "s2 16-32-M-64-M": dict(cfg=[16, 32, "M", 64, "M"], stem_stride=2),
     "s2 11-21-M-42-M": dict(cfg=[11, 21, "M", 42, "M"], stem_stride=2),
     "s2 8-24-M-48-M": dict(cfg=[8, 24, "M", 48, "M"], stem_stride=2),
+    "s2 16-24-M-48-M": dict(cfg=[16, 24, "M", 48, "M"], stem_stride=2),
 }
 
 
