@@ -7,7 +7,7 @@ threads, medians), and prints one table: test accuracy (the int8 stage's is ONNX
 CPU), file size and speed-up against the teacher, with the issue's four targets checked. A rerun
 reuses the finished stages (the run folder is ``bench/out/fast``).
 
-    .venv/bin/python bench/fast_student.py          # ~30 min on a 2-core Xeon; table to bench/out/fast.md
+    .venv/bin/python bench/fast_student.py    # ~45-50 min on a 2-core AMD EPYC; table to bench/out/fast.md
 """
 
 from __future__ import annotations

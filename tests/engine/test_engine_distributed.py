@@ -66,9 +66,12 @@ def script(tmp_path_factory) -> Path:
     return path
 
 
+#: Two local gloo processes, as ``distiq ... --nproc 2`` launches them.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
 def _torchrun(script: Path, out: Path, work: Path, kill_after: int = -1):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    return _run([*cmd, str(script), str(out), str(work), str(kill_after)], script.parent)
+    return _run([*TORCHRUN, str(script), str(out), str(work), str(kill_after)], script.parent)
 
 
 def test_two_processes_reach_the_weights_of_one(script, tmp_path):
@@ -137,15 +140,13 @@ def test_qat_in_two_processes_reaches_the_weights_of_one(tmp_path):
     script.write_text(QAT_SCRIPT)
     one = _run([sys.executable, str(script), str(tmp_path / "one.safetensors")], tmp_path)
     assert one.returncode == 0, one.stderr[-6000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    two = _run([*torchrun, str(script), str(tmp_path / "two.safetensors")], tmp_path)
+    two = _run([*TORCHRUN, str(script), str(tmp_path / "two.safetensors")], tmp_path)
     assert two.returncode == 0, two.stderr[-6000:]
     a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert a.keys() == b.keys() and any("scale" in k for k in a)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
-    torch.manual_seed(0)
-    initial = dq.models.create("mlp", image_size=8, hidden=(16,)).state_dict()
+    initial = _initial()
     assert any(not torch.equal(a[k], initial[k]) for k in initial if k in a)  # it trained
 
 

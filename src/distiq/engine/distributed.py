@@ -77,10 +77,9 @@ def _import_group_holders() -> None:
 def _leave_together() -> None:
     """At exit, wait for every rank, then close the group.
 
-    Why: a group left open is torn down by interpreter shutdown in no fixed order; when one rank's
-    sockets close while another's gloo threads still use them, gloo throws from a destructor and that
-    rank dies of SIGABRT although its work was done (seen on a loaded 2-core machine). A rank whose
-    peer is already gone (killed) cannot wait for it and just leaves.
+    Why: a group left open is torn down by interpreter shutdown, with its gloo threads still running
+    (see :func:`_import_group_holders` for what else kept them alive). A rank whose peer is already
+    gone (killed) cannot wait for it and just leaves.
     """
     if not dist.is_initialized():
         return
