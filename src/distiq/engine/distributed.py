@@ -22,6 +22,7 @@ beyond the checks.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -78,8 +79,9 @@ def _leave_together() -> None:
     """At exit, wait for every rank, then close the group.
 
     Why: a group left open is torn down by interpreter shutdown, with its gloo threads still running
-    (see :func:`_import_group_holders` for what else kept them alive). A rank whose peer is already
-    gone (killed) cannot wait for it and just leaves.
+    (see :func:`_import_group_holders` for what else kept them alive). Its threads are joined when its
+    last reference goes; one held in a reference cycle would go only at shutdown, so the cycles are
+    collected here. A rank whose peer is already gone (killed) cannot wait for it and just leaves.
     """
     if not dist.is_initialized():
         return
@@ -88,6 +90,7 @@ def _leave_together() -> None:
     except RuntimeError:  # a peer is gone: nothing to wait for
         pass
     dist.destroy_process_group()
+    gc.collect()
 
 
 def barrier() -> None:
