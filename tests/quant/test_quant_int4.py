@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import distiq as dq
-from distiq.quant import deploy_check, export_onnx, kernels, quantize
+from distiq.quant import deploy_check, export, export_onnx, kernels, quantize
 from distiq.quant.deploy import onnx_outputs
 from distiq.quant.export import weight_integers
 from distiq.quant.modules import quant_layers
@@ -135,3 +135,59 @@ def test_adaround_integers_reach_the_file_and_ort_agrees(tmp_path):
     report = deploy_check(float_path, path, data=test, simulated=q, batch_sizes=(), warn=False)
     assert report.agreement >= 0.99
     assert abs(report.accuracy["onnx"] - report.accuracy["simulated"]) <= 0.003
+
+
+def _pooled_cnn() -> nn.Module:
+    """conv -> relu -> maxpool -> conv -> relu -> maxpool -> linear: two MaxPools between 4-bit layers."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+
+
+def _ops(path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_files_leave_out_attributes_the_runtime_assumes(tmp_path):
+    """group=1, unit strides and dilations, zero pads, NOTSET auto_pad, a Conv's kernel shape (its
+    weight's): absent from the file; a stride of 2 and a padding of 1 stay, and ORT still computes the
+    torch model's output."""
+    model, x = _pooled_cnn(), torch.randn(16, 1, 12, 12)
+    path = export_onnx(model, tmp_path / "float.onnx", x[:2])
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in convs]
+    assert attrs == [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2]}]
+    pools = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MaxPool"]
+    assert all(sorted(a.name for a in n.attribute) == ["kernel_shape", "strides"] for n in pools)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(onnx_outputs(path, x).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _pool_readers(path) -> list[list[str]]:
+    """The ops that read each MaxPool's output."""
+    nodes = onnx.load(str(path)).graph.node
+    pools = [n.output[0] for n in nodes if n.op_type == "MaxPool"]
+    return [[n.op_type for n in nodes if out in n.input] for out in pools]
+
+
+def test_requantizing_a_maxpool_on_its_own_grid_is_left_out_of_4bit_files_only(tmp_path, monkeypatch):
+    """Q(MaxPool(DQ(q))) on the grid q came from is q's max: the 4-bit file (float kernels) drops that
+    pair and ORT's output stays bit for bit the one of the file that keeps it; the int8 file keeps
+    DQ -> MaxPool -> Q, the pattern ORT runs as an integer MaxPool."""
+    model, x = _pooled_cnn(), torch.randn(64, 1, 12, 12)
+    q = quantize(model, x, bits=4, act_bits=8, method="minmax", thin_conv_channels=0)
+    four = export_onnx(q, tmp_path / "w4.onnx", x[:2])
+    eight = export_onnx(q, tmp_path / "w4-int8.onnx", x[:2], int4=False)
+    monkeypatch.setattr(export, "_drop_identity_requantize", lambda proto: 0)
+    kept = export_onnx(q, tmp_path / "w4-kept.onnx", x[:2])
+    ops = _ops(four)
+    assert _pool_readers(four) == [["Conv"], ["Reshape"]]
+    assert _pool_readers(kept) == [["QuantizeLinear"], ["Reshape"]]  # the last pool: no grid of its own
+    assert _ops(kept).count("QuantizeLinear") == ops.count("QuantizeLinear") + 1
+    assert _ops(eight).count("QuantizeLinear") == ops.count("QuantizeLinear") + 1
+    assert torch.equal(onnx_outputs(four, x), onnx_outputs(kept, x))
+    assert four.stat().st_size < kept.stat().st_size

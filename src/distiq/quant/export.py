@@ -218,7 +218,8 @@ def _scalar(inits: dict[str, onnx.TensorProto], name: str) -> bool:
 def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop what a runtime does not need and can outweigh int8 weights: exporter metadata (stack
     traces), node names, inferred shapes of intermediate values, all-zero int32 bias zero points
-    (optional in ``DequantizeLinear``); intermediate values get short names."""
+    (optional in ``DequantizeLinear``), attributes at their default; intermediate values get short
+    names."""
     graph = model.graph
     del graph.value_info[:]
     del model.metadata_props[:]
@@ -236,9 +237,12 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
             return name
         return names.setdefault(name, f"t{len(names)}")
 
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     for node in graph.node:
         del node.metadata_props[:]
-        node.doc_string, node.name = "", ""
+        node.ClearField("doc_string")
+        node.ClearField("name")
+        _drop_default_attributes(node, opsets)
         zp = inits.get(node.input[2]) if node.op_type == "DequantizeLinear" and len(node.input) == 3 else None
         if zp is not None and zp.data_type == onnx.TensorProto.INT32 and not numpy_helper.to_array(zp).any():
             del node.input[2]
@@ -255,6 +259,108 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
     for init in unused:
         graph.initializer.remove(init)
     return model
+
+
+#: Attributes whose default the ONNX spec gives in words, not as a schema default: one per spatial axis
+SPATIAL_DEFAULTS = {"strides": 1, "dilations": 1, "pads": 0}
+#: Attributes the spec says a runtime infers when absent: a Conv's kernel shape is its weight's
+INFERRED = {("Conv", "kernel_shape")}
+
+
+def _drop_default_attributes(node: onnx.NodeProto, opsets: dict[str, int]) -> None:
+    """Remove the attributes a node sets to its operator's default (the exporter writes ``group=1``,
+    ``strides=[1, 1]``, ``auto_pad="NOTSET"``... on every Conv and pool): every runtime applies the
+    defaults itself, and in a 4-bit file these bytes weigh as much as a small layer's weights."""
+    domain = node.domain or "ai.onnx"
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 0), domain.replace("ai.onnx", ""))
+    except onnx.defs.SchemaError:  # an op ONNX does not know (or a domain not imported) keeps them all
+        return
+    kept = [a for a in node.attribute if not _is_default(a, schema)]
+    if len(kept) < len(node.attribute):
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
+def _is_default(attr: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
+    """Whether ``attr`` says nothing the runtime would not assume without it."""
+    if attr.name not in schema.attributes:
+        return False
+    if (schema.name, attr.name) in INFERRED:
+        return True
+    if attr.name in SPATIAL_DEFAULTS and attr.type == onnx.AttributeProto.INTS:
+        return all(v == SPATIAL_DEFAULTS[attr.name] for v in attr.ints)
+    default = schema.attributes[attr.name].default_value
+    value = onnx.helper.get_attribute_value
+    return default.type == attr.type and value(default) == value(attr)
+
+
+#: Ops whose every output value is one of their input values: requantizing their output on the grid of
+#: their input changes nothing
+VALUE_SELECTING_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _drop_identity_requantize(model: onnx.ModelProto) -> int:
+    """Remove ``Q -> DQ`` pairs that requantize a value-selecting op's output (MaxPool, Reshape...) on
+    the very grid its input was dequantized from: ``Q(MaxPool(DQ(q))) == MaxPool(q)`` exactly, so the pair
+    is an identity. Only where every reader of the pair is a layer with INT4 weights: ORT runs those on
+    float kernels, whereas an int8 layer needs the ``DQ -> MaxPool -> Q`` pattern to stay integer.
+    Returns the number of pairs removed."""
+    graph = model.graph
+    links = _Links(graph)
+    removed = 0
+    for q in list(graph.node):
+        dq = links.identity_pair(q)
+        if dq is None:
+            continue
+        for reader in links.readers[dq.output[0]]:
+            reader.input[:] = [q.input[0] if n == dq.output[0] else n for n in reader.input]
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        removed += 1
+    used = {n for node in graph.node for n in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return removed
+
+
+class _Links:
+    """Who produces and who reads each value of a graph, and the pairs that requantize nothing."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.inits = {i.name: i for i in graph.initializer}
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+
+    def grid(self, node: onnx.NodeProto) -> tuple:
+        """A Q/DQ node's scale and zero point, by value."""
+        return tuple(
+            numpy_helper.to_array(self.inits[n]).tobytes() if n in self.inits else n for n in node.input[1:3]
+        )
+
+    def int4_weighted(self, node: onnx.NodeProto) -> bool:
+        weight = self.producer.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in self.inits:
+            return False
+        return self.inits[weight.input[0]].data_type == onnx.TensorProto.INT4
+
+    def identity_pair(self, q: onnx.NodeProto) -> onnx.NodeProto | None:
+        """The DQ after ``q`` when ``DQ -> op -> q -> DQ`` (op value-selecting, its output read by ``q``
+        alone, one grid throughout) feeds only INT4-weight layers; else ``None``."""
+        op = self.producer.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
+        if op is None or op.op_type not in VALUE_SELECTING_OPS or len(self.readers[q.input[0]]) != 1:
+            return None
+        source, pair = self.producer.get(op.input[0]), self.readers.get(q.output[0], [])
+        if source is None or source.op_type != "DequantizeLinear" or len(pair) != 1:
+            return None
+        dq = pair[0]
+        if dq.op_type != "DequantizeLinear" or not self.grid(q) == self.grid(source) == self.grid(dq):
+            return None
+        readers = self.readers.get(dq.output[0], [])
+        return dq if readers and all(self.int4_weighted(r) for r in readers) else None
 
 
 def _int4_initializers(model: onnx.ModelProto) -> int:
@@ -377,7 +483,8 @@ def export_onnx(
         proto = to_onnx(target, example_input, opset)
     finally:
         model.train(was_training)
-    _int4_initializers(proto)
+    if _int4_initializers(proto):
+        _drop_identity_requantize(proto)
     report = getattr(model, "quant_report", None)
     if getattr(report, "target", ""):
         # which kernels the integer grids were made for: deploy_check compares it with the CPU it runs on
