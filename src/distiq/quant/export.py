@@ -31,6 +31,7 @@ import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -45,6 +46,9 @@ from .fuse import set_module
 from .modules import ActQuant, QuantConv2d, QuantLinear, WeightQuant, quant_layers, set_state
 from .onnx_ops import TRANSLATIONS
 from .trace import _tensors
+
+if TYPE_CHECKING:
+    from distiq.onnx.graph import Graph
 
 Tensor = torch.Tensor
 #: ONNX metadata key naming the CPU target (:mod:`distiq.quant.target`) a quantized file was made for.
@@ -254,10 +258,7 @@ def _compact(model: onnx.ModelProto) -> onnx.ModelProto:
         node.output[:] = [short(n) for n in node.output]
     for init in graph.initializer:
         init.name = short(init.name)
-    used = {n for node in graph.node for n in node.input}
-    unused = [i for i in graph.initializer if i.name not in used]
-    for init in unused:
-        graph.initializer.remove(init)
+    _drop_unused_initializers(graph)
     return model
 
 
@@ -306,61 +307,54 @@ def _drop_identity_requantize(model: onnx.ModelProto) -> int:
     is an identity. Only where every reader of the pair is a layer with INT4 weights: ORT runs those on
     float kernels, whereas an int8 layer needs the ``DQ -> MaxPool -> Q`` pattern to stay integer.
     Returns the number of pairs removed."""
-    graph = model.graph
-    links = _Links(graph)
-    removed = 0
-    for q in list(graph.node):
-        dq = links.identity_pair(q)
-        if dq is None:
-            continue
-        for reader in links.readers[dq.output[0]]:
+    from distiq.onnx.graph import Graph  # here, not at import: distiq.onnx imports distiq.quant
+
+    g = Graph(model)
+    pairs = [(q, dq) for q in model.graph.node if (dq := _identity_pair(g, q)) is not None]
+    for q, dq in pairs:
+        for reader in g.readers[dq.output[0]]:
             reader.input[:] = [q.input[0] if n == dq.output[0] else n for n in reader.input]
-        graph.node.remove(q)
-        graph.node.remove(dq)
-        removed += 1
+        model.graph.node.remove(q)
+        model.graph.node.remove(dq)
+    _drop_unused_initializers(model.graph)
+    return len(pairs)
+
+
+def _identity_pair(g: Graph, q: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The DQ after ``q`` when ``DQ -> op -> q -> DQ`` (op value-selecting, its output read by ``q``
+    alone, one grid throughout) feeds only INT4-weight layers; else ``None``."""
+    op = g.producer.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
+    if op is None or op.op_type not in VALUE_SELECTING_OPS or len(g.readers[q.input[0]]) != 1:
+        return None
+    source, pair = g.producer.get(op.input[0]), g.readers.get(q.output[0], [])
+    if source is None or source.op_type != "DequantizeLinear" or len(pair) != 1:
+        return None
+    dq = pair[0]
+    if dq.op_type != "DequantizeLinear" or not _grid(g, q) == _grid(g, source) == _grid(g, dq):
+        return None
+    readers = g.readers.get(dq.output[0], [])
+    return dq if readers and all(_int4_weighted(g, r) for r in readers) else None
+
+
+def _grid(g: Graph, node: onnx.NodeProto) -> tuple:
+    """A Q/DQ node's scale and zero point, by value (a computed one by name)."""
+    names = node.input[1:3]
+    return tuple(n if v is None else v.tobytes() for n, v in zip(names, map(g.array, names), strict=True))
+
+
+def _int4_weighted(g: Graph, node: onnx.NodeProto) -> bool:
+    """Whether ``node``'s weight (its second input) is dequantized from an INT4 initializer."""
+    weight = g.producer.get(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in g.inits:
+        return False
+    return g.inits[weight.input[0]].data_type == onnx.TensorProto.INT4
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads any more."""
     used = {n for node in graph.node for n in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    return removed
-
-
-class _Links:
-    """Who produces and who reads each value of a graph, and the pairs that requantize nothing."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.inits = {i.name: i for i in graph.initializer}
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.readers.setdefault(name, []).append(node)
-
-    def grid(self, node: onnx.NodeProto) -> tuple:
-        """A Q/DQ node's scale and zero point, by value."""
-        return tuple(
-            numpy_helper.to_array(self.inits[n]).tobytes() if n in self.inits else n for n in node.input[1:3]
-        )
-
-    def int4_weighted(self, node: onnx.NodeProto) -> bool:
-        weight = self.producer.get(node.input[1]) if len(node.input) > 1 else None
-        if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in self.inits:
-            return False
-        return self.inits[weight.input[0]].data_type == onnx.TensorProto.INT4
-
-    def identity_pair(self, q: onnx.NodeProto) -> onnx.NodeProto | None:
-        """The DQ after ``q`` when ``DQ -> op -> q -> DQ`` (op value-selecting, its output read by ``q``
-        alone, one grid throughout) feeds only INT4-weight layers; else ``None``."""
-        op = self.producer.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
-        if op is None or op.op_type not in VALUE_SELECTING_OPS or len(self.readers[q.input[0]]) != 1:
-            return None
-        source, pair = self.producer.get(op.input[0]), self.readers.get(q.output[0], [])
-        if source is None or source.op_type != "DequantizeLinear" or len(pair) != 1:
-            return None
-        dq = pair[0]
-        if dq.op_type != "DequantizeLinear" or not self.grid(q) == self.grid(source) == self.grid(dq):
-            return None
-        readers = self.readers.get(dq.output[0], [])
-        return dq if readers and all(self.int4_weighted(r) for r in readers) else None
 
 
 def _int4_initializers(model: onnx.ModelProto) -> int:
@@ -391,9 +385,7 @@ def _int4_initializers(model: onnx.ModelProto) -> int:
         for opset in model.opset_import:
             if opset.domain in ("", "ai.onnx") and opset.version < INT4_OPSET:
                 opset.version = INT4_OPSET
-        used = {n for node in graph.node for n in node.input}
-        for init in [i for i in graph.initializer if i.name not in used]:
-            graph.initializer.remove(init)
+        _drop_unused_initializers(graph)
     return done
 
 
