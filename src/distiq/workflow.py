@@ -11,7 +11,6 @@ import os
 from distiq.pipeline import RunResult, load_recipe
 from distiq.pipeline import run as run_stages
 from distiq.pipeline.recipe import Recipe
-from distiq.report import build_report
 from distiq.tracking import log_run
 
 
@@ -27,6 +26,8 @@ def run(
     recipe = load_recipe(recipe)
     result = run_stages(recipe, run_dir)
     if recipe.report:
+        from distiq.report import build_report  # matplotlib: imported when a report is built
+
         build_report(result.run_dir)
     mlflow = recipe.tracking.mlflow if recipe.tracking is not None else None
     if mlflow is not None:

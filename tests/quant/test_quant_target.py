@@ -18,6 +18,7 @@ from onnx import numpy_helper
 import distiq as dq
 from distiq.errors import DistiqError
 from distiq.quant import DeploymentWarning, cpu_target, deploy_check, export_onnx, quantize
+from distiq.quant.deploy import has_qdq_reference, onnx_outputs, qdq_reference_outputs
 from distiq.quant.target import SAFE_WEIGHT_MAX, TARGETS, cpu_info, resolve_target, target_from_flags
 
 HERE = f"{cpu_info()['model']} ({cpu_target()})"
@@ -165,3 +166,44 @@ def test_file_for_another_target_is_flagged_where_it_saturates(model, digits, tm
         assert flagged and cpu_target() in flagged[0], f"{HERE}: {report.warnings}"
     else:
         assert not flagged, f"{HERE}: {report.warnings}"
+
+
+def test_qdq_reference_is_the_simulation_and_exposes_saturating_kernels(model, digits, tmp_path):
+    """Run with no graph optimisation, a QDQ file computes what distiq simulated, on every CPU (the
+    simulation is torch, the reference ORT's unfused ops: independent code). ORT's fused integer
+    kernels match that reference unless they saturate here: a file for VNNI on an AVX2-only CPU."""
+    x, fused_error = digits[1].x, {}
+    for target in ("auto", "x86-vnni"):
+        q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax", target=target)
+        int8_path = export_onnx(q, tmp_path / f"{target}.onnx", digits[0].x[:1])
+        reference = qdq_reference_outputs(int8_path, x)
+        with torch.no_grad():
+            simulated = q(x)
+        assert has_qdq_reference(int8_path)
+        assert float((reference - simulated).abs().max()) < 0.01 * float(simulated.abs().max()), HERE
+        assert float((reference.argmax(1) == simulated.argmax(1)).double().mean()) >= 0.995, HERE
+        fused_error[target] = float((onnx_outputs(int8_path, x) - reference).abs().max())
+    print(f"{HERE}: fused kernels vs QDQ reference, max |logit error|: {fused_error}")
+    if resolve_target("auto").saturates:
+        assert fused_error["x86-vnni"] > 20 * fused_error["auto"], f"{HERE}: {fused_error}"
+    else:
+        assert fused_error["x86-vnni"] < 0.05 and fused_error["auto"] < 0.05, f"{HERE}: {fused_error}"
+
+
+def test_check_without_simulation_compares_with_the_files_own_arithmetic(model, digits, tmp_path):
+    """No simulated model (a file from elsewhere): the kernels are judged against the QDQ file's own
+    arithmetic, the quantization error is recorded apart as the float agreement."""
+    q = quantize(model, dq.data.subsample(digits[0], 256), method="minmax")
+    float_path = export_onnx(model, tmp_path / "float.onnx", digits[0].x[:1])
+    int8_path = export_onnx(q, tmp_path / "int8.onnx", digits[0].x[:1])
+    report = deploy_check(float_path, int8_path, data=digits[1], batch_sizes=(), warn=False)
+    assert report.compared_with == "qdq-reference" and report.agreement >= 0.995, HERE
+    y, x = digits[1].y, digits[1].x
+    with torch.no_grad():
+        float_pred = model(x).argmax(1)
+    got = onnx_outputs(int8_path, x).argmax(1)
+    assert report.float_agreement == pytest.approx(float((got == float_pred).double().mean()), abs=0.003)
+    assert report.accuracy["simulated"] == pytest.approx(
+        float((qdq_reference_outputs(int8_path, x).argmax(1) == y).double().mean())
+    )
+    assert not has_qdq_reference(float_path)  # no quantize/dequantize: compared with float, as before

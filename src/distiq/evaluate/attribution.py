@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, Saliency
-from scipy import stats as sstats
 from torch import nn
 
-METHODS = {"integrated-gradients": IntegratedGradients, "saliency": Saliency}
+from .stats import _scipy_stats
+
+#: Attribution methods by name: Captum's class of each (imported on use: Captum pulls in matplotlib).
+METHODS = {"integrated-gradients": "IntegratedGradients", "saliency": "Saliency"}
 """Attribution methods by the names a recipe uses."""
 
 
@@ -47,7 +48,9 @@ def attribution_maps(
         raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
     was_training = model.training
     model.eval()
-    explainer = METHODS[method](model)
+    from captum import attr
+
+    explainer = getattr(attr, METHODS[method])(model)
     options = {"n_steps": steps} if method == "integrated-gradients" else {"abs": True}
     try:
         maps = [
@@ -66,7 +69,7 @@ def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.n
     rho = np.full(len(a), np.nan)
     for i, (u, v) in enumerate(zip(a, b, strict=True)):
         if np.ptp(u) > 0 and np.ptp(v) > 0:
-            rho[i] = sstats.spearmanr(u, v).statistic
+            rho[i] = _scipy_stats().spearmanr(u, v).statistic
     return rho
 
 

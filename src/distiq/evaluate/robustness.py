@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -47,6 +46,8 @@ def _level(table: Sequence[float], severity: int) -> float:
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur ``[N, C, H, W]`` with a Gaussian of ``sigma`` pixels over H and W (scipy.ndimage's filter,
     radius ``int(4σ + 0.5)``); borders repeat the edge pixel."""
+    from scipy import ndimage  # on use: scipy's import is slow and most commands never blur
+
     blurred = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=4.0)
     return torch.from_numpy(blurred)
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
@@ -236,6 +235,8 @@ def subsample_scores(
     p, y = int_array(pred), int_array(target)
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 for an interval, got {repeats}")
+    from sklearn.model_selection import StratifiedShuffleSplit  # on use: sklearn takes ~1.5 s to import
+
     draws = StratifiedShuffleSplit(n_splits=repeats, train_size=fraction, random_state=seed)
     parts = [idx for idx, _ in draws.split(np.zeros(len(y)), y)]
     settings = {"repeats": repeats, "fraction": fraction, "seed": seed, "n": len(y)}
@@ -258,6 +259,8 @@ def kfold_scores(
         ValueError: ``k`` below 2 or above the number of samples.
     """
     p, y = int_array(pred), int_array(target)
+    from sklearn.model_selection import StratifiedKFold
+
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     parts = [idx for _, idx in folds.split(np.zeros(len(y)), y)]
     settings = {"k": k, "seed": seed, "n": len(y)}

@@ -17,9 +17,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import stats as sstats
 
 from .metrics import METRICS
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: it takes about a second, and most commands never need it."""
+    from scipy import stats
+
+    return stats
 
 
 def int_array(values: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
@@ -89,7 +95,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     sem = x.std(ddof=1) / math.sqrt(len(x))
     if sem == 0:  # identical values: scipy's interval is undefined (NaN) at scale 0, the width is 0
         return float(x.mean()), float(x.mean())
-    lo, hi = sstats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
+    lo, hi = _scipy_stats().t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sem)
     return float(lo), float(hi)
 
 
@@ -178,7 +184,7 @@ def bootstrap_ci(
         cms = np.bincount((rows + offsets).ravel(), minlength=len(rows) * k * k).reshape(-1, k, k)
         return np.array([fn(torch.from_numpy(cm)) for cm in cms]).reshape(codes.shape[:axis] or ())
 
-    result = sstats.bootstrap(
+    result = _scipy_stats().bootstrap(
         (flat,),
         statistic,
         n_resamples=n_resamples,
@@ -254,7 +260,7 @@ def mcnemar(
     if n == 0:
         return McNemarResult(b, c, 0.0, 1.0, "exact" if use_exact else "chi2")
     if use_exact:
-        p = min(1.0, 2.0 * float(sstats.binom.cdf(min(b, c), n, 0.5)))
+        p = min(1.0, 2.0 * float(_scipy_stats().binom.cdf(min(b, c), n, 0.5)))
         return McNemarResult(b, c, float(min(b, c)), p, "exact")
     chi2 = (abs(b - c) - 1) ** 2 / n
-    return McNemarResult(b, c, float(chi2), float(sstats.chi2.sf(chi2, 1)), "chi2")
+    return McNemarResult(b, c, float(chi2), float(_scipy_stats().chi2.sf(chi2, 1)), "chi2")

@@ -44,7 +44,7 @@ from distiq.io import atomic_path
 
 from .fuse import set_module
 from .modules import ActQuant, QuantConv2d, QuantLinear, WeightQuant, quant_layers, set_state
-from .onnx_ops import TRANSLATIONS
+from .onnx_ops import translations
 from .trace import _tensors
 
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, opset: int | None = None) -
             input_names=["input"],
             output_names=names,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
-            custom_translation_table=TRANSLATIONS,
+            custom_translation_table=translations(),
             verbose=False,
             **kwargs,
         )

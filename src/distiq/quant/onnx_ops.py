@@ -18,8 +18,6 @@ twin computes the same numbers:
 from __future__ import annotations
 
 import torch
-from onnxscript import ir
-from onnxscript import opset18 as op
 
 Tensor = torch.Tensor
 
@@ -78,26 +76,32 @@ def _(x: Tensor, w_t: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tenso
     return x.new_empty((*x.shape[:-1], w_t.shape[1]))
 
 
-def _qdq_onnx(x, scale: float, zero_point: int, qmin: int, qmax: int):
-    dtype = ir.DataType.UINT8 if qmin == 0 else ir.DataType.INT8
-    s = op.Constant(value=ir.tensor(scale, dtype=ir.DataType.FLOAT))
-    z = op.Constant(value=ir.tensor(zero_point, dtype=dtype))
-    return op.DequantizeLinear(op.QuantizeLinear(x, s, z), s, z)
+def translations() -> dict:
+    """The ONNX form of each op, for ``torch.onnx.export``'s ``custom_translation_table``.
 
+    onnxscript is imported here, on export, not with the module: it is about 2 s of every
+    ``import distiq`` (every command, every worker process), and only an export needs it.
+    """
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
-def _dequantize_onnx(q, scale, zero_point, axis: int):
-    return op.DequantizeLinear(q, scale, zero_point, axis=axis)
+    def qdq_onnx(x, scale: float, zero_point: int, qmin: int, qmax: int):
+        dtype = ir.DataType.UINT8 if qmin == 0 else ir.DataType.INT8
+        s = op.Constant(value=ir.tensor(scale, dtype=ir.DataType.FLOAT))
+        z = op.Constant(value=ir.tensor(zero_point, dtype=dtype))
+        return op.DequantizeLinear(op.QuantizeLinear(x, s, z), s, z)
 
+    def dequantize_onnx(q, scale, zero_point, axis: int):
+        return op.DequantizeLinear(q, scale, zero_point, axis=axis)
 
-def _dynamic_linear_onnx(x, w_t, w_scale, w_zero_point, bias=None):
-    xq, x_scale, x_zero_point = op.DynamicQuantizeLinear(x)
-    acc = op.MatMulInteger(xq, w_t, x_zero_point, w_zero_point)
-    out = op.Mul(op.Cast(acc, to=ir.DataType.FLOAT), op.Mul(x_scale, w_scale))
-    return out if bias is None else op.Add(out, bias)
+    def dynamic_linear_onnx(x, w_t, w_scale, w_zero_point, bias=None):
+        xq, x_scale, x_zero_point = op.DynamicQuantizeLinear(x)
+        acc = op.MatMulInteger(xq, w_t, x_zero_point, w_zero_point)
+        out = op.Mul(op.Cast(acc, to=ir.DataType.FLOAT), op.Mul(x_scale, w_scale))
+        return out if bias is None else op.Add(out, bias)
 
-
-TRANSLATIONS = {
-    torch.ops.distiq.qdq.default: _qdq_onnx,
-    torch.ops.distiq.dequantize.default: _dequantize_onnx,
-    torch.ops.distiq.dynamic_linear.default: _dynamic_linear_onnx,
-}
+    return {
+        torch.ops.distiq.qdq.default: qdq_onnx,
+        torch.ops.distiq.dequantize.default: dequantize_onnx,
+        torch.ops.distiq.dynamic_linear.default: dynamic_linear_onnx,
+    }

@@ -92,6 +92,9 @@ def cpu_sentence(run: Run) -> str | None:
     return sentence
 
 
+_AGAINST = {"qdq-reference": "the file's own QDQ arithmetic", "float": "the float model"}
+
+
 def runtime_lines(q: dict[str, Any]) -> list[str]:
     """What ONNX Runtime delivered for the int8 file against its simulation, and any loud warning."""
     d = q.get("deploy")
@@ -106,7 +109,7 @@ def runtime_lines(q: dict[str, Any]) -> list[str]:
             line += f" (the simulation predicted {_fmt(100 * acc['simulated'], '.2f')}%"
             line += f", float {_fmt(100 * acc['float'], '.2f')}%)" if acc.get("float") is not None else ")"
     line += (
-        f"; top-1 agreement with the {d.get('compared_with', 'simulated')} model "
+        f"; top-1 agreement with {_AGAINST.get(d.get('compared_with'), 'the simulated model')} "
         f"{_fmt(100 * d['agreement'], '.2f')}% on {d.get('samples', '?')} test samples; "
         f"file made for {d.get('file_target') or 'an unknown target'}."
     )
