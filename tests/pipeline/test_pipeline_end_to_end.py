@@ -86,7 +86,9 @@ def _run_cli(recipe: Path, out: Path) -> subprocess.Popen:
 
 def kill_recipe() -> dict:
     recipe = full_recipe("kill")
-    recipe["distill"]["train"]["epochs"] = 8  # long enough to be killed in the middle
+    recipe["data"]["subsample"] = 600
+    recipe["teacher"] = {"model": "mlp", "model_options": {"hidden": [32]}, "train": {"epochs": 2}}
+    recipe["distill"]["train"] |= {"epochs": 8, "batch_size": 16}  # long enough to be killed in the middle
     recipe["budget"] = None
     recipe["report"] = False
     return recipe

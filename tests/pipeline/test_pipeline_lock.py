@@ -95,7 +95,11 @@ def kill_recipe() -> dict:
         "name": "kill",
         "seed": 0,
         "data": {"name": "digits", "subsample": 600},
-        "teacher": {"model": "lenet5", "train": {"epochs": 2, "lr": 0.01, "batch_size": 64}},
+        "teacher": {
+            "model": "mlp",
+            "model_options": {"hidden": [32]},
+            "train": {"epochs": 2, "lr": 0.01, "batch_size": 64},
+        },
         "distill": {
             "student": "mlp",
             "student_options": {"hidden": [32]},

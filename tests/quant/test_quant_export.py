@@ -184,3 +184,29 @@ def test_export_prints_no_torchvision_notice(digits, tmp_path, caplog, capfd):
         export_onnx(model, tmp_path / "m.onnx", digits[0].x[:2])
     captured = capfd.readouterr()
     assert "torchvision is not installed" not in caplog.text + captured.err + captured.out
+
+
+def test_exports_share_one_torchlib_registry_each_with_its_own_copy():
+    """The registry torch.onnx builds on every export is built once; the copy one export receives (and
+    adds distiq's translations to) leaves the next one's untouched, and torch's method is restored."""
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    from distiq.quant.export import _torchlib_built_once
+
+    original = ONNXRegistry.__dict__["from_torchlib"]
+    with _torchlib_built_once():
+        first = ONNXRegistry.from_torchlib()
+        first.register_op(torch.ops.aten.relu.default, lambda x: x)
+        second = ONNXRegistry.from_torchlib()
+    assert ONNXRegistry.__dict__["from_torchlib"] is original
+    plain = ONNXRegistry.from_torchlib()
+    assert second.functions.keys() == plain.functions.keys() and second.opset_version == plain.opset_version
+    relu = "aten::relu"
+    assert len(first.functions[relu]) == len(plain.functions[relu]) + 1
+    assert [m.onnx_function for m in second.functions[relu]] == [
+        m.onnx_function for m in plain.functions[relu]
+    ]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    a, b = dq.quant.export.to_onnx(model, x), dq.quant.export.to_onnx(model, x)
+    assert a.SerializeToString() == b.SerializeToString()

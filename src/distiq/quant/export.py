@@ -408,6 +408,36 @@ def _quiet_torchvision_notice():
         logger.removeFilter(notice)
 
 
+_TORCHLIB: dict[int, object] = {}
+
+
+@contextlib.contextmanager
+def _torchlib_built_once():
+    """Let torch.onnx.export reuse the registry of torchlib functions it builds on every call.
+
+    Building it walks every onnxscript torchlib function (about 0.75 s a call here, half of a small
+    model's export); a pipeline exports a file per stage and per search trial. Each export gets its own
+    copy, since the exporter adds distiq's translations to the registry it is given."""
+    from torch.onnx._internal.exporter import _registration
+
+    cls = _registration.ONNXRegistry
+    build = cls.__dict__["from_torchlib"]
+
+    def from_torchlib(_cls, opset_version=_registration._constants.TORCHLIB_OPSET):
+        if opset_version not in _TORCHLIB:
+            _TORCHLIB[opset_version] = build.__func__(_cls, opset_version)
+        built, fresh = _TORCHLIB[opset_version], _cls()
+        fresh._opset_version = built._opset_version
+        fresh.functions = {name: list(found) for name, found in built.functions.items()}
+        return fresh
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = build
+
+
 def to_onnx(model: nn.Module, example_input: Tensor, opset: int | None = None) -> onnx.ModelProto:
     """Trace ``model`` into an ONNX model with a dynamic batch dimension (input "input", output
     "output"), silencing the exporter's progress prints."""
@@ -424,6 +454,7 @@ def to_onnx(model: nn.Module, example_input: Tensor, opset: int | None = None) -
         warnings.catch_warnings(),
         redirect_stdout(io.StringIO()),
         _quiet_torchvision_notice(),
+        _torchlib_built_once(),
         torch.no_grad(),
     ):
         warnings.simplefilter("ignore")
