@@ -83,3 +83,15 @@ def test_verify_needs_texts(teacher, tokenizer, tmp_path):
     path = export_encoder(teacher, tokenizer, tmp_path / "t.onnx")
     with pytest.raises(DistiqError, match="no texts"):
         verify_export(path, teacher, tokenizer, [])
+
+
+def test_attention_is_exported_eager_with_one_mask_and_the_model_keeps_its_own(teacher, tokenizer, tmp_path):
+    """SDPA attention exports a mask Where per layer and an IsNaN + Where over every attention map;
+    the eager form one additive mask. The same embeddings (checked), and the model's choice restored."""
+    model = teacher.model
+    model.set_attn_implementation("sdpa")
+    layers = model.config.num_hidden_layers
+    check = export_verified(teacher, tokenizer, tmp_path / "t.onnx", TEXTS[:20])
+    assert check.mean_cosine >= 0.9999 and model.config._attn_implementation == "sdpa"
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node]
+    assert "IsNaN" not in ops and ops.count("Where") < layers and ops.count("Softmax") == layers

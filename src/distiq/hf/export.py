@@ -30,6 +30,13 @@ held-out fortunes (batches of 32, sequence length <= 128) with transformers 5.24
 * SDPA attention traced at one sequence length: with ``dynamic_axes`` on the sequence the traced
   graph takes any length (1.0000 at lengths 3 to 128).
 
+Attention is exported in its eager form. transformers' default SDPA attention exports, per layer, a
+``Where`` that turns the boolean mask into ``0 / -inf`` and an ``IsNaN`` + ``Where`` over the
+``[batch, heads, sequence, sequence]`` probabilities (rows with every key masked); the eager form adds
+one float mask made once for all layers. The embeddings are the same (cosine 1.0000) and the files
+faster: on the AVX2-only AMD EPYC at batch 32 and length 128, the float teacher 1.12x and its dynamic
+int8 file 1.15x (those ops were 12% of the int8 file's time).
+
 What this module does about it: the encoder is exported and compared in eval mode (the module's mode
 is restored afterwards), from a padded example with two texts of different lengths, with both axes
 dynamic; the check runs padded batches and single texts, so a mask or length baked into the graph,
@@ -38,6 +45,7 @@ dropout on either side, or pooling over padding all fail it loudly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -89,7 +97,7 @@ def export_encoder(
     was_training = encoder.training
     encoder.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _eager_attention(encoder):
             warnings.simplefilter("ignore")  # TracerWarnings from transformers' shape checks
             torch.onnx.export(
                 encoder,
@@ -104,6 +112,25 @@ def export_encoder(
     finally:
         encoder.train(was_training)
     return path
+
+
+@contextlib.contextmanager
+def _eager_attention(encoder: nn.Module):
+    """Switch every transformers model inside ``encoder`` to eager attention while it is traced (see
+    the module docstring); each one's own choice is restored afterwards. Models without
+    ``set_attn_implementation`` (older transformers, other libraries) are traced as they are."""
+    switched = []
+    for module in encoder.modules():
+        config = getattr(module, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if hasattr(module, "set_attn_implementation") and current not in (None, "eager"):
+            module.set_attn_implementation("eager")
+            switched.append((module, current))
+    try:
+        yield
+    finally:
+        for module, implementation in switched:
+            module.set_attn_implementation(implementation)
 
 
 @dataclass
