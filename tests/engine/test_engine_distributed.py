@@ -74,23 +74,32 @@ def _torchrun(script: Path, out: Path, work: Path, kill_after: int = -1):
     return _run([*TORCHRUN, str(script), str(out), str(work), str(kill_after)], script.parent)
 
 
-def test_two_processes_reach_the_weights_of_one(script, tmp_path):
+@pytest.fixture(scope="module")
+def two(script) -> tuple[Path, subprocess.CompletedProcess]:
+    """The job run uninterrupted in 2 processes (its weights, its run), shared by the tests below: each
+    torchrun costs three interpreter start-ups."""
+    work = script.parent / "w2"
+    done = _torchrun(script, work / "two.safetensors", work)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return work, done
+
+
+def test_two_processes_reach_the_weights_of_one(script, two, tmp_path):
     one = _run(
         [sys.executable, str(script), str(tmp_path / "one.safetensors"), str(tmp_path / "w1"), "-1"], tmp_path
     )
     assert one.returncode == 0, one.stderr[-6000:]
-    two = _torchrun(script, tmp_path / "two.safetensors", tmp_path / "w2")
-    assert two.returncode == 0, two.stderr[-6000:]
+    work, two = two
     # gloo threads left running into interpreter shutdown killed a finished rank (SIGABRT) in CI
     left = [line for line in two.stdout.splitlines() if line.startswith("threads:")]
     assert len(left) == 2 and not any("gloo" in line for line in left), two.stdout
-    a, b = _weights(tmp_path / "one.safetensors"), _weights(tmp_path / "two.safetensors")
+    a, b = _weights(tmp_path / "one.safetensors"), _weights(work / "two.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(a[n], _initial()[n]) for n in a)  # it trained
     # the teacher logits were computed per shard, gathered, and cached once by rank 0
-    assert len(list((tmp_path / "w2" / "cache").glob("teacher-logits-*.safetensors"))) == 1
+    assert len(list((work / "cache").glob("teacher-logits-*.safetensors"))) == 1
 
 
 def _initial() -> dict[str, torch.Tensor]:
@@ -98,16 +107,14 @@ def _initial() -> dict[str, torch.Tensor]:
     return dict(dq.models.create("mlp", image_size=8, hidden=(16,)).state_dict())
 
 
-def test_a_killed_rank_resumes_exactly(script, tmp_path):
-    whole = _torchrun(script, tmp_path / "whole.safetensors", tmp_path / "w-whole")
-    assert whole.returncode == 0, whole.stderr[-6000:]
+def test_a_killed_rank_resumes_exactly(script, two, tmp_path):
     killed = _torchrun(script, tmp_path / "k.safetensors", tmp_path / "w-k", kill_after=1)
     assert killed.returncode != 0 and (tmp_path / "w-k" / "killed-once").exists()
     assert not (tmp_path / "k.safetensors").exists()
     again = _torchrun(script, tmp_path / "k.safetensors", tmp_path / "w-k", kill_after=1)
     assert again.returncode == 0, again.stderr[-6000:]
     assert (tmp_path / "w-k" / "resumed_from").read_text() == "2"  # epochs 0 and 1 were checkpointed
-    a, b = _weights(tmp_path / "whole.safetensors"), _weights(tmp_path / "k.safetensors")
+    a, b = _weights(two[0] / "two.safetensors"), _weights(tmp_path / "k.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
