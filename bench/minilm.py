@@ -191,7 +191,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds-b1", type=int, default=40)
-    parser.add_argument("--rounds-b32", type=int, default=16, help="enough for ±5%% on a shared 2-core machine")
+    parser.add_argument(
+        "--rounds-b32", type=int, default=16, help="batch-32 rounds (a shared 2-core machine varies by 8%%)"
+    )
     parser.add_argument("--calib", type=int, default=256, help="training texts the static files calibrate on")
     parser.add_argument(
         "--val", type=int, default=128, help="other training texts SmoothQuant's alpha is chosen on"
