@@ -58,6 +58,13 @@ def test_quantize_an_onnx_file_from_the_command_line(files, tmp_path, capsys):
     assert acc["float"] > 0.9 and abs(acc["onnx"] - acc["float"]) <= 0.01
     assert f"validation accuracy in ONNX Runtime on {report['deploy']['cpu']['model']}" in err
     assert f"{100 * acc['onnx']:.2f}%" in err
+    # the kernels are judged against the file's own arithmetic, the quantization error apart
+    deploy = report["deploy"]
+    assert deploy["compared_with"] == "qdq-reference"
+    assert (
+        f"kernels agree with the file's own QDQ arithmetic on {100 * deploy['agreement']:.2f}% of top-1s, "
+        f"with float on {100 * deploy['float_agreement']:.2f}%"
+    ) in err
     kinds = {k["layer"]: k["runtime_op"] for k in report["deploy"]["after"]}
     assert kinds["features.2"] == "QLinearConv" and kinds["head"] == "QGemm"
     assert report["files"]["bytes"] < report["files"]["float_bytes"]

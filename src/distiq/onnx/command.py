@@ -92,11 +92,29 @@ def quantize_onnx_command(opts: Any, echo: Callable[[str], Any] = print) -> dict
     acc, cpu = deploy["accuracy"], deploy["cpu"]
     echo(
         f"{split.split()[0]} accuracy in ONNX Runtime on {cpu['model']} ({cpu['target']}): "
-        f"{100 * acc['onnx']:.2f}% (float file {100 * acc['float']:.2f}%, top-1 agreement "
-        f"{100 * deploy['agreement']:.2f}%)  size x{report['files']['size_ratio']:.2f}"
+        f"{100 * acc['onnx']:.2f}% (float file {100 * acc['float']:.2f}%; {_agreement(deploy)})"
+        f"  size x{report['files']['size_ratio']:.2f}"
     )
     echo(f"results in {opts.out}")
     return report
+
+
+#: What the deployability check compared ORT's kernels with, as the summary line words it.
+_COMPARED_WITH = {
+    "simulated": "the simulation",
+    "qdq-reference": "the file's own QDQ arithmetic",
+    "float": "float",
+}
+
+
+def _agreement(deploy: dict) -> str:
+    """Top-1 agreement of the int8 kernels, naming what they were compared with, and with the float
+    file apart when that was not the comparison (quantization error, not a kernel fault)."""
+    against = deploy.get("compared_with", "float")
+    text = f"kernels agree with {_COMPARED_WITH[against]} on {100 * deploy['agreement']:.2f}% of top-1s"
+    if against != "float" and deploy.get("float_agreement") is not None:
+        text += f", with float on {100 * deploy['float_agreement']:.2f}%"
+    return text
 
 
 __all__ = ["quantize_onnx_command"]
