@@ -202,6 +202,8 @@ def test_exports_share_one_torchlib_registry_each_with_its_own_copy():
     plain = ONNXRegistry.from_torchlib()
     assert second.functions.keys() == plain.functions.keys() and second.opset_version == plain.opset_version
     relu = "aten::relu"
+    assert second.functions[relu][0] is first.functions[relu][1]  # built once: the same entries
+    assert plain.functions[relu][0] is not second.functions[relu][0]  # outside, torch builds anew
     assert len(first.functions[relu]) == len(plain.functions[relu]) + 1
     assert [m.onnx_function for m in second.functions[relu]] == [
         m.onnx_function for m in plain.functions[relu]

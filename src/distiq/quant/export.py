@@ -417,13 +417,22 @@ def _torchlib_built_once():
 
     Building it walks every onnxscript torchlib function (about 0.75 s a call here, half of a small
     model's export); a pipeline exports a file per stage and per search trial. Each export gets its own
-    copy, since the exporter adds distiq's translations to the registry it is given."""
-    from torch.onnx._internal.exporter import _registration
+    copy, since the exporter adds distiq's translations to the registry it is given. The registry is
+    torch's private class: on a torch whose class does not look like 2.13's, exports build it as before."""
+    try:
+        from torch.onnx._internal.exporter import _registration
 
-    cls = _registration.ONNXRegistry
-    build = cls.__dict__["from_torchlib"]
+        cls = _registration.ONNXRegistry
+        build = cls.__dict__["from_torchlib"]
+        default_opset = _registration._constants.TORCHLIB_OPSET
+        known = isinstance(build, classmethod) and isinstance(getattr(cls(), "functions", None), dict)
+    except (ImportError, AttributeError, KeyError):
+        known = False
+    if not known:
+        yield
+        return
 
-    def from_torchlib(_cls, opset_version=_registration._constants.TORCHLIB_OPSET):
+    def from_torchlib(_cls, opset_version=default_opset):
         if opset_version not in _TORCHLIB:
             _TORCHLIB[opset_version] = build.__func__(_cls, opset_version)
         built, fresh = _TORCHLIB[opset_version], _cls()
