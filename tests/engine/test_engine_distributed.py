@@ -89,10 +89,10 @@ def test_two_processes_reach_the_weights_of_one(script, two, tmp_path):
         [sys.executable, str(script), str(tmp_path / "one.safetensors"), str(tmp_path / "w1"), "-1"], tmp_path
     )
     assert one.returncode == 0, one.stderr[-6000:]
-    work, two = two
+    work, run = two
     # gloo threads left running into interpreter shutdown killed a finished rank (SIGABRT) in CI
-    left = [line for line in two.stdout.splitlines() if line.startswith("threads:")]
-    assert len(left) == 2 and not any("gloo" in line for line in left), two.stdout
+    left = [line for line in run.stdout.splitlines() if line.startswith("threads:")]
+    assert len(left) == 2 and not any("gloo" in line for line in left), run.stdout
     a, b = _weights(tmp_path / "one.safetensors"), _weights(work / "two.safetensors")
     assert a.keys() == b.keys()
     for name in a:

@@ -17,6 +17,7 @@ from typing import Any
 from distiq import data as dqdata
 from distiq.errors import DistiqError
 from distiq.io import write_json_atomic
+from distiq.quant.deploy import COMPARED_WITH
 
 from .api import OPTIONS, quantize_onnx, report_path
 
@@ -99,20 +100,12 @@ def quantize_onnx_command(opts: Any, echo: Callable[[str], Any] = print) -> dict
     return report
 
 
-#: What the deployability check compared ORT's kernels with, as the summary line words it.
-_COMPARED_WITH = {
-    "simulated": "the simulation",
-    "qdq-reference": "the file's own QDQ arithmetic",
-    "float": "float",
-}
-
-
 def _agreement(deploy: dict) -> str:
     """Top-1 agreement of the int8 kernels, naming what they were compared with, and with the float
     file apart when that was not the comparison (quantization error, not a kernel fault)."""
-    against = deploy.get("compared_with", "float")
-    text = f"kernels agree with {_COMPARED_WITH[against]} on {100 * deploy['agreement']:.2f}% of top-1s"
-    if against != "float" and deploy.get("float_agreement") is not None:
+    against = deploy["compared_with"]
+    text = f"kernels agree with {COMPARED_WITH[against]} on {100 * deploy['agreement']:.2f}% of top-1s"
+    if against != "float":
         text += f", with float on {100 * deploy['float_agreement']:.2f}%"
     return text
 

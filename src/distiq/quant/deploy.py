@@ -386,6 +386,14 @@ def _check_target(report: DeployReport) -> None:
         )
 
 
+#: What ``DeployReport.agreement`` is measured against (``compared_with``), as reports and the command
+#: line word it.
+COMPARED_WITH = {
+    "simulated": "the simulated model",
+    "qdq-reference": "the file's own QDQ arithmetic",
+    "float": "the float model",
+}
+#: The same, as the loud warning words it.
 _AGAINST = {
     "simulated": "THE SIMULATED MODEL",
     "qdq-reference": "ITS OWN QDQ ARITHMETIC (ORT, no graph optimisation)",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import logging
 import os
@@ -411,33 +412,41 @@ def _quiet_torchvision_notice():
 _TORCHLIB: dict[int, object] = {}
 
 
+@functools.cache
+def _torch_registry() -> tuple[type, classmethod] | None:
+    """torch's (private) ONNX registry class and its own ``from_torchlib``, or None where the class
+    does not look as in torch 2.13 (pyproject allows torch>=2.4): exports then build it as before."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        build = cls.__dict__["from_torchlib"]
+        known = isinstance(build, classmethod) and isinstance(getattr(cls(), "functions", None), dict)
+    except (ImportError, AttributeError, KeyError):
+        return None
+    return (cls, build) if known else None
+
+
 @contextlib.contextmanager
 def _torchlib_built_once():
     """Let torch.onnx.export reuse the registry of torchlib functions it builds on every call.
 
     Building it walks every onnxscript torchlib function (about 0.75 s a call here, half of a small
     model's export); a pipeline exports a file per stage and per search trial. Each export gets its own
-    copy, since the exporter adds distiq's translations to the registry it is given. The registry is
-    torch's private class: on a torch whose class does not look like 2.13's, exports build it as before."""
-    try:
-        from torch.onnx._internal.exporter import _registration
-
-        cls = _registration.ONNXRegistry
-        build = cls.__dict__["from_torchlib"]
-        default_opset = _registration._constants.TORCHLIB_OPSET
-        known = isinstance(build, classmethod) and isinstance(getattr(cls(), "functions", None), dict)
-    except (ImportError, AttributeError, KeyError):
-        known = False
-    if not known:
+    copy, since the exporter adds distiq's translations to the registry it is given."""
+    found = _torch_registry()
+    if found is None:
         yield
         return
+    cls, build = found
+    default_opset = cls().opset_version
 
     def from_torchlib(_cls, opset_version=default_opset):
         if opset_version not in _TORCHLIB:
             _TORCHLIB[opset_version] = build.__func__(_cls, opset_version)
         built, fresh = _TORCHLIB[opset_version], _cls()
         fresh._opset_version = built._opset_version
-        fresh.functions = {name: list(found) for name, found in built.functions.items()}
+        fresh.functions = {name: list(entries) for name, entries in built.functions.items()}
         return fresh
 
     cls.from_torchlib = classmethod(from_torchlib)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from distiq.quant.deploy import COMPARED_WITH
+
 from .summary import DASH, Run, accuracy_scale, num, trials
 
 RECORD_KEYS = ("integer_nodes", "float_nodes", "layers", "histograms")
@@ -92,9 +94,6 @@ def cpu_sentence(run: Run) -> str | None:
     return sentence
 
 
-_AGAINST = {"qdq-reference": "the file's own QDQ arithmetic", "float": "the float model"}
-
-
 def runtime_lines(q: dict[str, Any]) -> list[str]:
     """What ONNX Runtime delivered for the int8 file against its simulation, and any loud warning."""
     d = q.get("deploy")
@@ -109,7 +108,7 @@ def runtime_lines(q: dict[str, Any]) -> list[str]:
             line += f" (the simulation predicted {_fmt(100 * acc['simulated'], '.2f')}%"
             line += f", float {_fmt(100 * acc['float'], '.2f')}%)" if acc.get("float") is not None else ")"
     line += (
-        f"; top-1 agreement with {_AGAINST.get(d.get('compared_with'), 'the simulated model')} "
+        f"; top-1 agreement with {COMPARED_WITH[d.get('compared_with') or 'simulated']} "
         f"{_fmt(100 * d['agreement'], '.2f')}% on {d.get('samples', '?')} test samples; "
         f"file made for {d.get('file_target') or 'an unknown target'}."
     )
