@@ -393,12 +393,8 @@ COMPARED_WITH = {
     "qdq-reference": "the file's own QDQ arithmetic",
     "float": "the float model",
 }
-#: The same, as the loud warning words it.
-_AGAINST = {
-    "simulated": "THE SIMULATED MODEL",
-    "qdq-reference": "ITS OWN QDQ ARITHMETIC (ORT, no graph optimisation)",
-    "float": "THE FLOAT MODEL",
-}
+#: How a reference was run, where its name alone does not say it (the loud warning adds it).
+_REFERENCE_RUN = {"qdq-reference": " (ORT, no graph optimisation)"}
 
 
 def _check_agreement(
@@ -434,8 +430,9 @@ def _check_agreement(
         }
     where = f"{report.cpu['model']} ({report.cpu['target']})"
     if report.agreement < MIN_AGREEMENT:
+        reference = COMPARED_WITH[report.compared_with].upper() + _REFERENCE_RUN.get(report.compared_with, "")
         report.warnings.append(
-            f"INT8 FILE DISAGREES WITH {_AGAINST[report.compared_with]} on {where}: top-1 agreement "
+            f"INT8 FILE DISAGREES WITH {reference} on {where}: top-1 agreement "
             f"{100 * report.agreement:.2f}% on {len(x)} samples (expected >= {100 * MIN_AGREEMENT:.0f}%)"
             + (f"; {_fix(report)}" if sim is not None else "; keep sensitive layers in float")
         )

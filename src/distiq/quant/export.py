@@ -413,18 +413,19 @@ _TORCHLIB: dict[int, object] = {}
 
 
 @functools.cache
-def _torch_registry() -> tuple[type, classmethod] | None:
-    """torch's (private) ONNX registry class and its own ``from_torchlib``, or None where the class
-    does not look as in torch 2.13 (pyproject allows torch>=2.4): exports then build it as before."""
+def _torch_registry() -> tuple[type, classmethod, int] | None:
+    """torch's (private) ONNX registry class, its own ``from_torchlib`` and its default opset, or None
+    where the class does not look as in torch 2.13 (pyproject allows torch>=2.4): exports then build
+    it as before."""
     try:
         from torch.onnx._internal.exporter import _registration
 
         cls = _registration.ONNXRegistry
-        build = cls.__dict__["from_torchlib"]
-        known = isinstance(build, classmethod) and isinstance(getattr(cls(), "functions", None), dict)
+        build, empty = cls.__dict__["from_torchlib"], cls()
+        known = isinstance(build, classmethod) and isinstance(getattr(empty, "functions", None), dict)
+        return (cls, build, empty.opset_version) if known else None
     except (ImportError, AttributeError, KeyError):
         return None
-    return (cls, build) if known else None
 
 
 @contextlib.contextmanager
@@ -438,8 +439,7 @@ def _torchlib_built_once():
     if found is None:
         yield
         return
-    cls, build = found
-    default_opset = cls().opset_version
+    cls, build, default_opset = found
 
     def from_torchlib(_cls, opset_version=default_opset):
         if opset_version not in _TORCHLIB:
