@@ -32,6 +32,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minilm import top_k_overlap  # noqa: E402
 
 from distiq.hf.corpus import dedupe, load_fortunes, normalise, split_texts  # noqa: E402
-from distiq.hf.distill import embedding_loss  # noqa: E402
+from distiq.hf.distill import _dropout, embedding_loss  # noqa: E402
+from distiq.hf.export import cosine_rows  # noqa: E402
 from distiq.hf.minilm import SentenceEncoder, encode, load_minilm, tokenize  # noqa: E402
 from distiq.hf.student import make_student  # noqa: E402
 
@@ -86,12 +88,13 @@ def prepare(out: Path, n_wordnet: int) -> None:
     save_file(tensors, out / "teacher.safetensors")
 
 
-def length_batches(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Batches of texts of similar length (ties broken at random), in random order."""
-    order = np.argsort(lengths + rng.uniform(0, 3, len(lengths)))
-    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
-    rng.shuffle(batches)
-    return batches
+def length_batches(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless epochs of batches of texts of similar length (ties broken at random), in random order."""
+    while True:
+        order = np.argsort(lengths + rng.uniform(0, 3, len(lengths)))
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+        rng.shuffle(batches)
+        yield from batches
 
 
 def run_arm(out: Path, corpus: str, relation: float, minutes: float) -> None:
@@ -100,9 +103,6 @@ def run_arm(out: Path, corpus: str, relation: float, minutes: float) -> None:
     model, tokenizer = load_minilm()
     torch.manual_seed(0)
     student = make_student(SentenceEncoder(model), [0, 3, 5])
-    for m in student.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
     parts = corpus.split("+")
     train = [t for p in parts for t in texts[p]]
     targets = torch.cat([emb[p] for p in parts])
@@ -114,17 +114,15 @@ def run_arm(out: Path, corpus: str, relation: float, minutes: float) -> None:
     label = f"{corpus} w={relation:g}"
 
     def measure(elapsed: float, seen: int) -> None:
-        s = encode(student, tokenizer, texts["held"], max_length=128)
-        cos = float(F.cosine_similarity(s, emb["held"], dim=-1).mean())
-        top10 = top_k_overlap(emb["held"].numpy(), s.numpy())
+        s, t = encode(student, tokenizer, texts["held"], max_length=128).numpy(), emb["held"].numpy()
+        cos, top10 = float(cosine_rows(s, t).mean()), top_k_overlap(t, s)
         row = f"| {label} | {len(train)} | {elapsed / 60:.1f} | {seen} | {cos:.4f} | {top10:.3f} |"
         print(row, flush=True)
 
     budget, seen, start, next_eval = minutes * 60, 0, time.perf_counter(), EVAL_EVERY_S
-    while (elapsed := time.perf_counter() - start) < budget:
+    with _dropout(student, 0.0):
         for b in length_batches(lengths, 32, rng):
-            elapsed = time.perf_counter() - start
-            if elapsed >= budget:
+            if (elapsed := time.perf_counter() - start) >= budget:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = 3e-4 * (1 - elapsed / budget)
