@@ -79,6 +79,20 @@ def test_offline_cache_is_computed_once_and_matches_online(digits, teacher, tmp_
         assert torch.allclose(v, online.state_dict()[k], atol=1e-4), k
 
 
+def test_offline_cache_of_augmented_views_trains_as_the_online_teacher_does(digits, teacher, tmp_path):
+    kw = dict(epochs=2, lr=1e-2, progress=False, batch_size=64, augment_flip=True, augment_shift=1)
+    offline = dq.distill(teacher, student(), digits, offline=True, cache_dir=tmp_path, **kw).model
+    online = dq.distill(teacher, student(), digits, offline=False, **kw).model
+    plain = dq.distill(
+        teacher, student(), digits, offline=True, epochs=2, lr=1e-2, progress=False, batch_size=64
+    )
+    (cache,) = tmp_path.glob("teacher-logits-*.safetensors")
+    assert offline_mod.read_safetensors(cache)[0]["logits"].shape == (18 * len(digits), 10)
+    for k, v in offline.state_dict().items():
+        assert torch.allclose(v, online.state_dict()[k], atol=1e-4), k
+    assert any(not torch.allclose(v, plain.model.state_dict()[k]) for k, v in offline.state_dict().items())
+
+
 def test_offline_with_features_is_refused(digits, teacher):
     with pytest.raises(DistiqError, match="offline"):
         dq.distill(

@@ -41,7 +41,7 @@ class Interrupt(Exception):
     pass
 
 
-def run_distill(student, ckpt, on_epoch_end=None):
+def run_distill(student, ckpt, on_epoch_end=None, **augment):
     teacher = convnet(16, seed=1)
     train(teacher, data(), epochs=2, progress=False)
     return distill(
@@ -57,21 +57,23 @@ def run_distill(student, ckpt, on_epoch_end=None):
         progress=False,
         batch_size=32,
         on_epoch_end=on_epoch_end,
+        **augment,
     )
 
 
-def test_killed_distillation_resumes_to_identical_weights(tmp_path):
-    reference = run_distill(convnet(6, seed=2), tmp_path / "a").model
+@pytest.mark.parametrize("augment", [{}, {"augment_flip": True, "augment_shift": 1}])
+def test_killed_distillation_resumes_to_identical_weights(tmp_path, augment):
+    reference = run_distill(convnet(6, seed=2), tmp_path / "a", **augment).model
 
     def stop_after_second(epoch, record):
         if epoch == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_distill(convnet(6, seed=2), tmp_path / "b", stop_after_second)
+        run_distill(convnet(6, seed=2), tmp_path / "b", stop_after_second, **augment)
     assert json.loads((tmp_path / "b" / "state.json").read_text())["epoch"] == 2
     # resume into a freshly initialised student: everything must come from the checkpoint
-    resumed = run_distill(convnet(6, seed=99), tmp_path / "b")
+    resumed = run_distill(convnet(6, seed=99), tmp_path / "b", **augment)
     assert resumed.resumed_from == 2
     assert len(resumed.history) == 4
     for k, v in reference.state_dict().items():

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from distiq.data.arrays import ArrayDataset
+from distiq.data.views import ImageViews
 from distiq.engine import TrainConfig, train
+from distiq.engine.objective import Objective
 from distiq.errors import DistiqError
 
 
@@ -99,3 +101,55 @@ def test_jsonl_log_has_one_record_per_epoch(tmp_path):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert {"train_loss", "train_accuracy", "val_accuracy", "lr"} <= set(records[0])
+
+
+class Recording(Objective):
+    """Cross-entropy, keeping every batch's inputs and row indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, model, x, y, index):
+        self.seen.append((x.clone(), index.clone()))
+        return super().forward(model, x, y, index)
+
+
+def test_augmented_training_sees_view_index_div_n_of_sample_index_mod_n():
+    data = blobs(90)
+    views = ImageViews(flip=True, shift=1)
+    objective = Recording()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    train(
+        net,
+        data,
+        objective=objective,
+        epochs=2,
+        batch_size=32,
+        augment_flip=True,
+        augment_shift=1,
+        progress=False,
+    )
+    index = torch.cat([i for _, i in objective.seen])
+    assert len(index) == 2 * len(data) and int(index.max()) < views.count * len(data)
+    assert len(set((index // len(data)).tolist())) > 9  # many views drawn, not one
+    for x, i in objective.seen:
+        assert torch.equal(x, views.apply(data.x[i % len(data)], i // len(data)))
+    for epoch in range(2):  # each epoch still shows every sample once
+        rows = index[epoch * len(data) : (epoch + 1) * len(data)] % len(data)
+        assert sorted(rows.tolist()) == list(range(len(data)))
+
+
+def test_augmentation_off_leaves_the_options_of_earlier_runs_and_checkpoints_as_they_were():
+    assert {"augment_flip", "augment_shift"} <= set(TrainConfig.model_fields)
+    assert not {"augment_flip", "augment_shift"} & set(TrainConfig().identity())
+    assert not {"augment_flip", "augment_shift"} & set(TrainConfig(augment_shift=0).model_dump())
+    on = TrainConfig(augment_flip=True).identity()
+    assert on["augment_flip"] is True and "augment_shift" not in on
+
+
+def test_a_checkpoint_without_augmentation_is_not_resumed_with_it(tmp_path):
+    data = blobs(60)
+    train(tiny_net(), data, epochs=1, checkpoint_dir=str(tmp_path), progress=False)
+    with pytest.raises(DistiqError, match="augment_flip: None -> True"):
+        train(tiny_net(), data, epochs=1, checkpoint_dir=str(tmp_path), augment_flip=True, progress=False)

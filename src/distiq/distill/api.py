@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distiq.data.arrays import as_arrays
+from distiq.engine.config import training_views
 from distiq.engine.train import TrainResult, train
 
 from .logits import make_logit_loss
@@ -69,7 +70,9 @@ def distill(
     if freeze:
         freeze_(student, freeze)
     logit_loss = make_logit_loss(loss, temperature=temperature, **dict(loss_options or {}))
-    cached = teacher_logits(teacher.eval(), train_set, cache_dir) if resolve_offline(offline, specs) else None
+    cached = None
+    if resolve_offline(offline, specs):
+        cached = teacher_logits(teacher.eval(), train_set, cache_dir, views=training_views(train_options))
     objective = DistillObjective(
         student, teacher, logit_loss, alpha, specs, train_set.x[:2], cached_logits=cached
     )

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from distiq.data.arrays import ArrayDataset, as_arrays
 from distiq.data.concepts import ConceptMapping, load_mapping, to_concepts
+from distiq.engine.config import training_views
 from distiq.engine.train import TrainResult, train
 from distiq.errors import DistiqError
 
@@ -257,6 +258,8 @@ def distill_concepts(
     _check_outputs(teacher, probe, mapping.num_teacher_labels, "teacher")
     _check_outputs(student, probe, mapping.num_concepts, "student")
     loss = ConceptKDLoss(temperature, mapping, temperature_on)
-    cached = teacher_logits(teacher.eval(), train_set, cache_dir) if offline else None
+    cached = None
+    if offline:
+        cached = teacher_logits(teacher.eval(), train_set, cache_dir, views=training_views(train_options))
     objective = DistillObjective(student, teacher, loss, alpha, [], probe, cached_logits=cached)
     return train(student, train_set, val_set, objective=objective, **train_options)

@@ -11,14 +11,26 @@ import os
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import nn
 
+from distiq.data.views import ImageViews
 from distiq.errors import DistiqError, validation_message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 MONITORS = ("val_accuracy", "val_loss")
+ADDED_OFF = {"augment_flip": False, "augment_shift": 0}
+"""Options added after checkpoints and run folders existed, with the value that leaves training as before."""
 
 
 class TrainSpec(BaseModel):
@@ -58,6 +70,24 @@ class TrainSpec(BaseModel):
     )
     eval_batch_size: int = Field(1024, ge=1, description="Batch size of validation passes.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this.")
+    augment_flip: bool = Field(False, description="Train on images mirrored left-right half the time.")
+    augment_shift: int = Field(
+        0, ge=0, le=8, description="Train on images shifted by up to this many whole pixels per axis."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unused_augmentation(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Leave the augmentation options out while they are off: they came after many runs and
+        checkpoints whose keys hold every field, and those must still be found and resumed."""
+        dumped = handler(self)
+        for name, off in ADDED_OFF.items():
+            if dumped.get(name, off) == off:
+                dumped.pop(name, None)
+        return dumped
+
+    def views(self) -> ImageViews:
+        """The training images' views these options ask for (``count == 1``: no augmentation)."""
+        return ImageViews(flip=self.augment_flip, shift=self.augment_shift)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:
@@ -135,3 +165,9 @@ class TrainConfig(TrainSpec, ProgressOption):
             )
         cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def training_views(options: dict[str, Any]) -> ImageViews:
+    """The views training with these engine options draws from: what an offline teacher cache must
+    hold (the options are validated as :func:`distiq.engine.train.train` would)."""
+    return TrainConfig.from_options(**options)[0].views()

@@ -19,7 +19,9 @@ class Objective(nn.Module):
     """Cross-entropy on the labels; subclasses add distillation terms.
 
     ``forward(model, x, y, index)`` returns ``(logits, terms)`` where ``terms["loss"]`` is what the
-    optimiser minimises and the other entries are logged.
+    optimiser minimises and the other entries are logged. ``index`` holds each row's position in the
+    training set; when training augments (:class:`~distiq.data.views.ImageViews`), ``view * N +
+    position``, so a cache per (sample, view) can look the row up.
     """
 
     def setup(self, model: nn.Module, train_data: ArrayDataset) -> None:

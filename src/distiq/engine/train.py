@@ -219,8 +219,12 @@ def _run_epoch(cfg, epoch, model, objective, optimizer, params, data) -> dict:
     sums: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
+    views = cfg.views()
     batches = iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen)
     for step, (x, y, idx) in enumerate(batches, start=1):
+        if views.count > 1:  # one view per sample; its row in the augmented set: view * N + index
+            drawn = views.draw(len(y), gen)
+            x, idx = views.apply(x, drawn), drawn * len(data) + idx
         optimizer.zero_grad(set_to_none=True)
         share = dd.shard(torch.arange(len(y)))  # this rank's rows of the global batch
         if len(share):

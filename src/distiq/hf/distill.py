@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from distiq.data.arrays import ArrayDataset
+from distiq.engine.config import training_views
 from distiq.engine.objective import Objective
 from distiq.engine.train import TrainResult, train
 from distiq.errors import DistiqError
@@ -238,6 +239,8 @@ def distill_embeddings(
             already computed (several students of one teacher); computed here otherwise.
         **train_options: The engine's options (``epochs``, ``lr``, ``batch_size``, ``seed``, ...).
     """
+    if training_views(train_options).count > 1:
+        raise DistiqError("augment_flip/augment_shift: mirror and shift images; leave them off for text")
     spec = spec or EmbeddingDistillSpec()
     if spec.hidden_weight > 0 and spec.teacher_layers is None:
         layers = getattr(student.model.config, "distiq_teacher_layers", None)
