@@ -13,6 +13,8 @@ import yaml
 from torch import nn
 
 import distiq.pipeline as pipeline
+from distiq.distill import offline as offline_mod
+from distiq.engine.config import training_views
 from distiq.prune import load_pruned
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "fashion_mnist_fast.yaml"
@@ -30,10 +32,18 @@ def shrunk_recipe() -> dict:
     return recipe
 
 
-def test_fast_recipe_gives_a_strided_pruned_int8_student(tmp_path):
+def test_fast_recipe_gives_a_strided_pruned_int8_student(tmp_path, monkeypatch):
     shipped = yaml.safe_load(RECIPE.read_text())
+    teacher_runs = []
+    real = offline_mod.predict_logits
+    monkeypatch.setattr(
+        offline_mod, "predict_logits", lambda *a, **k: teacher_runs.append(1) or real(*a, **k)
+    )
     result = pipeline.run(shrunk_recipe(), tmp_path)
     assert [s.kind for s in result.stages] == ["teacher", "distill", "prune", "quantize"]
+    # distillation and the pruned student's fine-tune share one cache: the teacher ran once per view
+    assert len(teacher_runs) == training_views(shipped["distill"]["train"]).count
+    assert len(list((tmp_path / "teacher-cache").glob("teacher-logits-*.safetensors"))) == 1
 
     pruned = load_pruned(tmp_path / result.stage("prune").dir / "model.safetensors")
     convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]

@@ -35,7 +35,7 @@ from distiq.quant.modules import ActQuant, quantizers
 
 from .keras_stages import is_keras_model, keras_float_onnx, run_keras_prune
 from .recipe import PruneStageSpec, QuantizeStageSpec
-from .stages import RunState, StageOutput, export_float, train_options, zero_fraction
+from .stages import RunState, StageOutput, export_float, teacher_cache, train_options, zero_fraction
 
 console = Console(stderr=True)
 
@@ -58,6 +58,7 @@ def run_prune(spec: PruneStageSpec, state: RunState, stage_dir: Path) -> StageOu
         train_data=state.train,
         val_data=state.val,
         teacher=state.teacher if spec.distill_from_teacher else None,
+        distill_options={"cache_dir": teacher_cache(state)},
         on_epoch_end=lambda epoch, record: history.append(record),
         **opts,
     )
@@ -86,6 +87,7 @@ def _share(
         train_data=state.train,
         val_data=state.val,
         teacher=state.teacher if spec.distill_from_teacher else None,
+        distill_options={"cache_dir": teacher_cache(state)},
         on_epoch_end=lambda epoch, record: history.append({**record, "phase": "share"}),
         **opts,
     )

@@ -75,6 +75,13 @@ def train_options(spec: TrainSpec, stage_dir: Path, seed: int) -> dict:
     }
 
 
+def teacher_cache(state: RunState) -> Path:
+    """Where every stage of the run caches the teacher's logits (offline KD): one folder for the run,
+    so the prune stage's fine-tune reuses what distillation computed (files are keyed by teacher,
+    data and views, so sharing never mixes them up)."""
+    return state.run_dir / "teacher-cache"
+
+
 def export_float(model: nn.Module, state: RunState, stage_dir: Path) -> Path:
     """The float ONNX file of a module (its size and latency stand for the stage)."""
     return export_for_timing(model, state.train.input_shape, stage_dir / "model.onnx")
@@ -126,7 +133,7 @@ def run_distill(spec: DistillStageSpec, state: RunState, stage_dir: Path) -> Sta
         state.train,
         state.val,
         **objective_options(spec),
-        cache_dir=stage_dir / "teacher-cache",
+        cache_dir=teacher_cache(state),
         **train_options(spec.train, stage_dir, state.recipe.seed),
     )
     return _finish(student, result, state, stage_dir)
