@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 
 from distiq.cli.main import main
 from distiq.engine.weights import load_model
@@ -113,6 +114,47 @@ def test_train_distill_evaluate_on_digits(capsys, tmp_path):
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["accuracy"] == pytest.approx(student_summary["test"]["accuracy"])
+
+
+def test_distill_augmented_caches_the_teacher_per_view(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "teacher"),
+        "--no-progress",
+    )
+    assert code == 0, err
+    rows = {}
+    for name, extra in (("plain", []), ("shifted", ["--augment-shift", "1", "--augment-flip"])):
+        out = tmp_path / name
+        args = [
+            "distill",
+            "--data",
+            "digits",
+            "--teacher",
+            str(tmp_path / "teacher" / "model.safetensors"),
+            "--student",
+            "mlp",
+            "--epochs",
+            "1",
+            "--offline",
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+        code, _, err = run(capsys, *args)
+        assert code == 0, err
+        (cache,) = (out / "teacher-cache").glob("teacher-logits-*.safetensors")
+        rows[name] = safe_open(str(cache), "pt").get_slice("logits").get_shape()[0]
+    assert rows["shifted"] == 18 * rows["plain"]  # 9 shifts x 2 mirrorings of every training image
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
