@@ -116,21 +116,17 @@ def test_train_distill_evaluate_on_digits(capsys, tmp_path):
     assert metrics["accuracy"] == pytest.approx(student_summary["test"]["accuracy"])
 
 
-def test_distill_augmented_caches_the_teacher_per_view(capsys, tmp_path):
-    code, _, err = run(
-        capsys,
-        "train",
-        "--data",
-        "digits",
-        "--model",
-        "lenet5",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "teacher"),
-        "--no-progress",
-    )
+def train_teacher(capsys, out: Path, epochs: int, subsample: int | None = None) -> Path:
+    """A lenet5 trained on digits by ``distiq train``; its weights file."""
+    args = ["train", "--data", "digits", "--model", "lenet5", "--epochs", str(epochs)]
+    args += ["--subsample", str(subsample)] if subsample else []
+    code, _, err = run(capsys, *args, "--out", str(out), "--no-progress")
     assert code == 0, err
+    return out / "model.safetensors"
+
+
+def test_distill_augmented_caches_the_teacher_per_view(capsys, tmp_path):
+    teacher = train_teacher(capsys, tmp_path / "teacher", epochs=1)
     rows = {}
     for name, extra in (("plain", []), ("shifted", ["--augment-shift", "1", "--augment-flip"])):
         out = tmp_path / name
@@ -139,7 +135,7 @@ def test_distill_augmented_caches_the_teacher_per_view(capsys, tmp_path):
             "--data",
             "digits",
             "--teacher",
-            str(tmp_path / "teacher" / "model.safetensors"),
+            str(teacher),
             "--student",
             "mlp",
             "--epochs",
@@ -162,27 +158,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkilled_distill_resumes_to_identical_weights(capsys, tmp_path):
-    teacher_dir = tmp_path / "teacher"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "digits",
-                "--model",
-                "lenet5",
-                "--epochs",
-                "2",
-                "--subsample",
-                "400",
-                "--out",
-                str(teacher_dir),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
+    teacher = train_teacher(capsys, tmp_path / "teacher", epochs=2, subsample=400)
 
     def config(out: Path) -> Path:
         path = out.with_suffix(".yaml")
@@ -190,7 +166,7 @@ def test_sigkilled_distill_resumes_to_identical_weights(capsys, tmp_path):
             yaml.safe_dump(
                 {
                     "data": "digits",
-                    "teacher": str(teacher_dir / "model.safetensors"),
+                    "teacher": str(teacher),
                     "student": "mlp",
                     "subsample": 400,
                     "student_options": {"hidden": [64], "dropout": 0.1},
