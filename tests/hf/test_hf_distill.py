@@ -10,6 +10,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tiny_bert import TEXTS, tiny_bert  # noqa: E402
 
+from distiq.errors import DistiqError  # noqa: E402
 from distiq.hf.distill import (  # noqa: E402
     EmbeddingDistillSpec,
     distill_embeddings,
@@ -88,3 +89,9 @@ def test_teacher_is_not_changed(tokenizer):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     distill_embeddings(teacher, make_student(teacher, [1, 3]), tokenizer, TEXTS[:32], epochs=1, batch_size=16)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+def test_image_augmentation_is_refused_for_text_before_any_work(tokenizer):
+    teacher = SentenceEncoder(tiny_bert(len(tokenizer), layers=4, seed=2))
+    with pytest.raises(DistiqError, match="augment_flip/augment_shift: mirror and shift images"):
+        distill_embeddings(teacher, make_student(teacher, [1, 3]), tokenizer, TEXTS[:32], augment_shift=1)
