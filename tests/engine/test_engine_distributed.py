@@ -45,7 +45,9 @@ if dd.is_main():
     dq.save_weights(student, out)
     (work / "resumed_from").write_text(str(result.resumed_from))
 atexit._run_exitfuncs()  # distiq's exit handler; then which threads would run into interpreter shutdown
-print("threads:", sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")))
+threads = sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+# one file per rank: two ranks' prints interleave on one stdout
+(work / f"threads-{os.environ.get('RANK', '0')}.txt").write_text(" ".join(threads))
 """
 
 
@@ -91,8 +93,9 @@ def test_two_processes_reach_the_weights_of_one(script, two, tmp_path):
     assert one.returncode == 0, one.stderr[-6000:]
     work, run = two
     # gloo threads left running into interpreter shutdown killed a finished rank (SIGABRT) in CI
-    left = [line for line in run.stdout.splitlines() if line.startswith("threads:")]
-    assert len(left) == 2 and not any("gloo" in line for line in left), run.stdout
+    left = {p.name: p.read_text() for p in work.glob("threads-*.txt")}
+    assert sorted(left) == ["threads-0.txt", "threads-1.txt"], run.stdout
+    assert not any("gloo" in names for names in left.values()), left
     a, b = _weights(tmp_path / "one.safetensors"), _weights(work / "two.safetensors")
     assert a.keys() == b.keys()
     for name in a:
