@@ -46,7 +46,8 @@ if dd.is_main():
     (work / "resumed_from").write_text(str(result.resumed_from))
 atexit._run_exitfuncs()  # distiq's exit handler; then which threads would run into interpreter shutdown
 threads = sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
-# one file per rank: two ranks' prints interleave on one stdout
+# one file per rank (two ranks' prints interleave on one stdout); RANK from torchrun's environment,
+# as the exit handler has already destroyed the process group dd.rank() would ask
 (work / f"threads-{os.environ.get('RANK', '0')}.txt").write_text(" ".join(threads))
 """
 
